@@ -1,0 +1,19 @@
+//! cmkguard's domain vocabulary, shared by every other crate.
+//!
+//! - [`event`]: the typed domain [`Event`](event::Event) that wire formats decode into.
+//! - [`resource`]: Azure resource ids and Key Vault key ids, parsed and compared the way Azure does.
+//! - [`facts`]: what the host knows about a key and its registries: the policy input
+//!   (its JSON form is the documented `--facts` / test-case format).
+//! - [`decision`]: what a policy answers: findings and actions from a closed set.
+//!
+//! Nothing here does I/O.
+
+pub mod decision;
+pub mod event;
+pub mod facts;
+pub mod resource;
+
+pub use decision::{Action, Decision, Finding, RotateTarget, Severity};
+pub use event::{Event, EventKind, KeyEvent, RegistryWrite};
+pub use facts::{KeyFacts, PolicyInput, RegistryFacts, VaultFacts};
+pub use resource::{KeyId, ResourceId};
