@@ -75,9 +75,19 @@ pub enum RotateTarget {
 pub enum Action {
     /// Write an audit record of this decision (always done; asking makes it explicit).
     Audit,
-    RotateRegistryKey { registry: String, target: RotateTarget },
-    RotateVaultKey { key: String },
-    Notify { channel: String, severity: Severity, title: String, text: String },
+    RotateRegistryKey {
+        registry: String,
+        target: RotateTarget,
+    },
+    RotateVaultKey {
+        key: String,
+    },
+    Notify {
+        channel: String,
+        severity: Severity,
+        title: String,
+        text: String,
+    },
 }
 
 impl Action {
@@ -124,7 +134,11 @@ mod tests {
         let d = Decision {
             findings: vec![],
             actions: vec![
-                Action::RotateRegistryKey { registry: "/subscriptions/s/resourceGroups/r/providers/Microsoft.ContainerRegistry/registries/x".into(), target: RotateTarget::Versionless },
+                Action::RotateRegistryKey {
+                    registry: "/subscriptions/s/resourceGroups/r/providers/Microsoft.ContainerRegistry/registries/x"
+                        .into(),
+                    target: RotateTarget::Versionless,
+                },
                 Action::Notify { channel: "ops".into(), severity: Severity::High, title: "t".into(), text: "x".into() },
             ],
         };

@@ -29,7 +29,9 @@ pub enum EventKind {
     KeyNewVersionCreated(KeyEvent),
     RegistryWritten(RegistryWrite),
     /// The periodic scan of the estate: one per registry (and its key) per run.
-    Sweep { registry: ResourceId },
+    Sweep {
+        registry: ResourceId,
+    },
 }
 
 impl EventKind {

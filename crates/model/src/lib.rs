@@ -5,12 +5,14 @@
 //! - [`facts`]: what the host knows about a key and its registries: the policy input
 //!   (its JSON form is the documented `--facts` / test-case format).
 //! - [`decision`]: what a policy answers: findings and actions from a closed set.
+//! - [`outcome`]: what became of an event: the policy that decided, each action's fate.
 //!
 //! Nothing here does I/O.
 
 pub mod decision;
 pub mod event;
 pub mod facts;
+pub mod outcome;
 pub mod resource;
 
 pub use decision::{Action, Decision, Finding, RotateTarget, Severity};

@@ -267,7 +267,10 @@ mod tests {
         assert_eq!(a.subscription(), "s1");
         assert_eq!(a.resource_group(), "rg");
         assert_eq!(a.name(), "reg1");
-        let b = ResourceId::parse("/subscriptions/S1/resourcegroups/RG/providers/microsoft.containerregistry/registries/REG1").unwrap();
+        let b = ResourceId::parse(
+            "/subscriptions/S1/resourcegroups/RG/providers/microsoft.containerregistry/registries/REG1",
+        )
+        .unwrap();
         assert_eq!(a, b);
     }
 

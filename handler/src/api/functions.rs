@@ -1,0 +1,113 @@
+//! `POST /{FunctionName}`: the Azure Functions custom-handler protocol.
+//!
+//! Any non-2xx fails the invocation and makes Event Grid redeliver the whole delivery for
+//! a day, so a well-formed invocation carrying a malformed or unknown *event* is answered
+//! 200 with the rejection in `ReturnValue` and `Logs`. Only an envelope no host would send
+//! gets a 400; only a failure a redelivery can fix gets a 500.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+use tracing::Instrument;
+
+use super::{ApiError, Stats, read_body, run_batch};
+use crate::AppState;
+use crate::events::{self, functions::parse_invocation};
+
+/// The functions this handler serves (folder names under `functions/`).
+pub const FUNCTIONS: &[&str] = &["KeyVaultEvents", "RegistryEvents", "Sweep"];
+
+const INVOCATION_HEADER: &str = "x-azure-functions-invocationid";
+
+pub async fn invoke(
+    State(state): State<Arc<AppState>>,
+    Path(function): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(function) = FUNCTIONS.iter().copied().find(|f| f.eq_ignore_ascii_case(&function)) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_function",
+            format!("no function named {function:?} (this handler serves {})", FUNCTIONS.join(", ")),
+        )
+        .into_response();
+    };
+    let invocation_id = headers
+        .get(INVOCATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = tracing::info_span!("invocation", invocation_id = %invocation_id, function);
+    async move {
+        Stats::add(&state.stats.invocations, 1);
+        match handle(&state, function, &headers, body).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(code = e.code, message = %e.message, "invocation refused");
+                e.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn handle(
+    state: &AppState,
+    function: &'static str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(headers, body, state.config.max_body_bytes).await?;
+    let mut invocation = parse_invocation(&bytes).map_err(ApiError::bad_request)?;
+    if function == "Sweep" {
+        // The timer's schedule status is in Data.timer; the sweep itself is not part of
+        // this build yet, so the invocation is acknowledged and says so.
+        tracing::info!("sweep requested");
+        return Ok(answer(
+            vec!["sweep: acknowledged (estate sweeps are not available in this build)".into()],
+            json!({"sweep": "not-run"}),
+        ));
+    }
+    let decoded = match invocation.trigger_value().and_then(events::decode_events_value) {
+        Ok(d) => d,
+        Err(e) => {
+            // Malformed event in a well-formed invocation: acknowledge, never redeliver.
+            Stats::add(&state.stats.rejected, 1);
+            tracing::warn!(code = e.code, error = %e.message, "event rejected");
+            let log = format!("cmkguard: event rejected ({}): {}", e.code, e.message);
+            return Ok(answer(
+                vec![log],
+                json!({"status": "rejected", "error": {"code": e.code, "message": e.message}}),
+            ));
+        }
+    };
+    let outcome = run_batch(state, decoded).await;
+    if let Some(e) = &outcome.retryable {
+        // A redelivery can fix this: fail the invocation so Event Grid sends it again.
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "retryable", e.to_string()));
+    }
+    let mut logs: Vec<String> = Vec::new();
+    for r in &outcome.reports {
+        logs.push(format!("cmkguard: {} {} → {} action outcome(s)", r.kind, r.event_id, r.actions.len()));
+    }
+    for i in &outcome.ignored {
+        logs.push(format!("cmkguard: ignored {} {} ({})", i.event_type, i.id, i.reason));
+    }
+    for f in &outcome.failed {
+        logs.push(format!("cmkguard: failed {}: {}", f.event_id, f.error));
+    }
+    let value = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+    Ok(answer(logs, value))
+}
+
+/// The custom-handler response: `{"Outputs":{},"Logs":[..],"ReturnValue":..}`.
+fn answer(logs: Vec<String>, return_value: Value) -> Response {
+    (StatusCode::OK, axum::Json(json!({"Outputs": {}, "Logs": logs, "ReturnValue": return_value}))).into_response()
+}

@@ -1,0 +1,155 @@
+//! Wire formats → typed domain events.
+//!
+//! - [`functions`]: the Functions custom-handler envelope (`{"Data":…,"Metadata":…}`) and the
+//!   trigger value inside it (object, array, or a JSON string of either, possibly twice).
+//! - [`eventgrid`]: the Event Grid event schema, including the subscription handshake.
+//! - [`cloudevents`]: CloudEvents 1.0 (structured, batch, binary) via cloudevents-sdk.
+//! - [`domain`]: an event's type and `data` → [`cmkguard_model::EventKind`], tolerant of the
+//!   quirks Azure really sends (key casing, a trailing space in a key name, numbers as strings).
+//!
+//! Decoding never panics; every failure is a [`DecodeError`] that says what and where.
+
+use cmkguard_model::Event;
+use serde::Serialize;
+
+pub mod cloudevents;
+pub mod domain;
+pub mod eventgrid;
+pub mod functions;
+
+/// The event types cmkguard acts on, and the Functions function that receives each.
+pub const HANDLED_EVENT_TYPES: &[(&str, &str)] = &[
+    (domain::KEY_NEAR_EXPIRY, "KeyVaultEvents"),
+    (domain::KEY_EXPIRED, "KeyVaultEvents"),
+    (domain::KEY_NEW_VERSION_CREATED, "KeyVaultEvents"),
+    (domain::RESOURCE_WRITE_SUCCESS, "RegistryEvents"),
+];
+
+/// The outcome of decoding one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// An event cmkguard acts on.
+    Event(Event),
+    /// A well-formed event of a type (or operation) cmkguard does not act on.
+    Ignored(Ignored),
+    /// Event Grid's subscription-validation handshake (Event Grid schema).
+    Validation { id: String, validation_code: String },
+}
+
+/// An acknowledged, unhandled event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ignored {
+    pub id: String,
+    pub event_type: String,
+    pub reason: &'static str,
+}
+
+/// Why input could not be decoded. `code` is stable and machine-readable; `message`
+/// names the field or position that was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[error("{message}")]
+pub struct DecodeError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl DecodeError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    /// Prefixes the message with where the error happened (e.g. `event 3`).
+    pub fn at(mut self, place: impl std::fmt::Display) -> Self {
+        self.message = format!("{place}: {}", self.message);
+        self
+    }
+}
+
+/// Error codes, shared by the HTTP answers.
+pub mod code {
+    pub const NOT_JSON: &str = "not_json";
+    pub const BAD_ENVELOPE: &str = "bad_envelope";
+    pub const BAD_EVENT: &str = "bad_event";
+    pub const BAD_DATA: &str = "bad_data";
+    pub const TOO_DEEP: &str = "too_deep";
+}
+
+/// Decodes a JSON document holding one event or an array of events, in either the
+/// Event Grid or the CloudEvents schema (told apart per event by `specversion`).
+/// All events are decoded before any is acted on: one bad event fails the whole batch.
+pub fn decode_events_json(bytes: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
+    let value: serde_json::Value = parse_json(bytes)?;
+    decode_events_value(value)
+}
+
+/// As [`decode_events_json`], from an already parsed value.
+pub fn decode_events_value(value: serde_json::Value) -> Result<Vec<Decoded>, DecodeError> {
+    match value {
+        serde_json::Value::Array(items) => {
+            if items.is_empty() {
+                return Err(DecodeError::new(
+                    code::BAD_ENVELOPE,
+                    "the batch is an empty array: expected at least one event",
+                ));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| decode_one(v).map_err(|e| e.at(format_args!("event {i}"))))
+                .collect()
+        }
+        serde_json::Value::Object(_) => Ok(vec![decode_one(value)?]),
+        other => Err(DecodeError::new(
+            code::BAD_ENVELOPE,
+            format!("expected an event object or an array of events, found {}", json_kind(&other)),
+        )),
+    }
+}
+
+/// Decodes one event object, Event Grid or CloudEvents schema.
+pub fn decode_one(value: serde_json::Value) -> Result<Decoded, DecodeError> {
+    let serde_json::Value::Object(map) = &value else {
+        return Err(DecodeError::new(
+            code::BAD_EVENT,
+            format!("an event must be a JSON object, found {}", json_kind(&value)),
+        ));
+    };
+    if map.contains_key("specversion") {
+        cloudevents::decode_structured(value)
+    } else if map.contains_key("eventType") {
+        eventgrid::decode(value)
+    } else {
+        Err(DecodeError::new(
+            code::BAD_EVENT,
+            "neither an Event Grid event (no \"eventType\") nor a CloudEvent (no \"specversion\")",
+        ))
+    }
+}
+
+/// Parses JSON with a clear message (serde_json refuses nesting deeper than 128 levels).
+pub(crate) fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, DecodeError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(DecodeError::new(code::NOT_JSON, "the body is empty: expected JSON"));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        if e.to_string().contains("recursion limit") {
+            DecodeError::new(
+                code::TOO_DEEP,
+                format!("the JSON is nested too deeply (line {}, column {})", e.line(), e.column()),
+            )
+        } else {
+            DecodeError::new(code::NOT_JSON, format!("the body is not valid JSON: {e}"))
+        }
+    })
+}
+
+pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,40 @@
+//! cmkguard: keeps Azure Container Registry customer-managed-key (CMK) encryption
+//! healthy, event by event, as an Azure Functions custom handler.
+//!
+//! Where things live:
+//! - [`config`]: every setting, validated once at start.
+//! - [`api`]: HTTP routes (Functions custom-handler protocol, direct webhook, readiness);
+//!   translates HTTP ⇄ domain and nothing more.
+//! - [`events`]: wire formats (Functions envelope, Event Grid, CloudEvents) decoded into
+//!   the typed domain [`cmkguard_model::Event`].
+//! - [`pipeline`]: the enrich → decide → act stages behind small traits.
+//! - [`cli`]: the command line.
+
+use std::sync::Arc;
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod logging;
+pub mod pipeline;
+
+/// Shared by every request: configuration, the pipeline and counters.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: config::Config,
+    pub pipeline: pipeline::Pipeline,
+    pub stats: api::Stats,
+}
+
+impl AppState {
+    /// Builds the state a server needs from validated configuration.
+    pub async fn from_config(config: config::Config) -> Result<Self, String> {
+        Ok(Self { config, pipeline: pipeline::Pipeline::logging_only(), stats: api::Stats::default() })
+    }
+
+    /// State with a given pipeline (tests, the demo).
+    pub fn with_pipeline(config: config::Config, pipeline: pipeline::Pipeline) -> Arc<Self> {
+        Arc::new(Self { config, pipeline, stats: api::Stats::default() })
+    }
+}
