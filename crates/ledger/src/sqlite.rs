@@ -1,0 +1,598 @@
+//! The embedded SQLite backend (`sqlite:PATH`): WAL journal, one writer thread that
+//! group-commits, one reader connection for `get` / `list`.
+//!
+//! ## Group commit
+//!
+//! Every write is a request on a channel to a dedicated writer thread. The thread takes
+//! the first waiting request and every other one already queued (up to
+//! [`LedgerOptions::max_batch`]), applies them all in **one** `BEGIN IMMEDIATE …
+//! COMMIT`, and only then answers each caller. Under load, many events share one fsync;
+//! alone, an event pays exactly one. There is no artificial delay: requests that arrive
+//! while a batch commits form the next batch.
+//!
+//! If a statement fails at the SQLite level (not a logical "no" such as an expired
+//! claim), the batch is rolled back and its requests are re-run one transaction each,
+//! so one bad request cannot fail its neighbours.
+//!
+//! ## Durability: `synchronous=FULL`
+//!
+//! In WAL mode `synchronous=NORMAL` does not fsync at commit: a committed transaction
+//! survives a process crash but may be lost on power failure or an OS crash. The ledger
+//! promises that an answered write is durable (a lost claim or record means a repeated
+//! key rotation or notification), so it uses `FULL`: the WAL is fsynced at every commit.
+//! Group commit is what makes that affordable — the fsync is paid once per batch, not
+//! once per event.
+//!
+//! Several processes may share the file (SQLite's own locking serialises their
+//! writers; `busy_timeout` waits up to 5 s), so leases and claims hold across
+//! processes on one machine too.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::names::{chrono_duration, from_micros, micros};
+use crate::{
+    ActionOutcome, AuditRecord, Claim, ClaimTicket, Clock, Lease, Ledger, LedgerError, LedgerOptions, ListQuery,
+    PendingOperation, PruneStats, Result,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS claims (
+    event_id   TEXT PRIMARY KEY,
+    state      TEXT NOT NULL,            -- in-progress | done | abandoned
+    token      TEXT NOT NULL,
+    attempt    INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,         -- unix micros
+    progress   TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS records (
+    event_id    TEXT PRIMARY KEY,
+    recorded_at INTEGER NOT NULL,
+    body        TEXT NOT NULL            -- AuditRecord as JSON
+);
+CREATE INDEX IF NOT EXISTS records_by_time ON records (recorded_at);
+CREATE TABLE IF NOT EXISTS pending (
+    id         TEXT PRIMARY KEY,
+    registry   TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    body       TEXT NOT NULL             -- PendingOperation as JSON
+);
+CREATE TABLE IF NOT EXISTS leases (
+    registry   TEXT PRIMARY KEY,
+    lease_id   TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS notifications (
+    rule        TEXT NOT NULL,
+    resource    TEXT NOT NULL,
+    key_version TEXT NOT NULL,
+    sent_at     INTEGER NOT NULL,
+    PRIMARY KEY (rule, resource, key_version)
+);
+PRAGMA user_version = 1;
+";
+
+/// The SQLite ledger. Cheap to share behind an `Arc`; dropping the last handle lets the
+/// writer thread finish the queued requests and exit.
+#[derive(Debug)]
+pub struct SqliteLedger {
+    path: PathBuf,
+    writer: mpsc::Sender<Request>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+/// One write, as sent to the writer thread. JSON is encoded by the caller, so the
+/// writer thread only runs SQL.
+#[derive(Debug)]
+enum Op {
+    Claim { event_id: String, ttl: Duration },
+    Checkpoint { ticket: ClaimTicket, progress: String, ttl: Duration },
+    Complete { ticket: ClaimTicket, recorded_at: i64, body: String },
+    Abandon { ticket: ClaimTicket },
+    Record { event_id: String, recorded_at: i64, body: String },
+    AddPending { id: String, registry: String, started_at: i64, body: String },
+    CompletePending { id: String },
+    AcquireLease { registry: String, ttl: Duration },
+    RenewLease { lease: Lease, ttl: Duration },
+    ReleaseLease { lease: Lease },
+    ShouldSend { rule: String, resource: String, key_version: String, window: Duration },
+    ForgetSend { rule: String, resource: String, key_version: String },
+    Prune { max_age: Duration },
+}
+
+#[derive(Debug)]
+enum Reply {
+    Claim(Claim),
+    Ticket(ClaimTicket),
+    Unit,
+    Bool(bool),
+    Lease(Option<Lease>),
+    Pruned(PruneStats),
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<Reply>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.op.fmt(f)
+    }
+}
+
+fn unavailable(path: &Path, e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Unavailable(format!("sqlite {}: {e}", path.display()))
+}
+
+fn corrupt(item: impl Into<String>, e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Corrupt { item: item.into(), message: e.to_string() }
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // journal_mode answers with the resulting mode; WAL is persistent in the file.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!("journal_mode is {mode}, WAL is required")));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl SqliteLedger {
+    /// Opens (creating if needed) the ledger file and starts its writer thread.
+    pub async fn open(path: &Path, options: LedgerOptions) -> Result<Self> {
+        let path = path.to_path_buf();
+        let p = path.clone();
+        let (writer_conn, reader) = tokio::task::spawn_blocking(move || -> rusqlite::Result<_> {
+            let w = open_connection(&p)?;
+            w.execute_batch(SCHEMA)?;
+            let r = open_connection(&p)?;
+            r.pragma_update(None, "query_only", "ON")?;
+            Ok((w, r))
+        })
+        .await
+        .map_err(|e| unavailable(&path, e))?
+        .map_err(|e| unavailable(&path, e))?;
+
+        let (tx, rx) = mpsc::channel(options.max_batch.max(1) * 4);
+        let clock = options.clock.clone();
+        let max_batch = options.max_batch.max(1);
+        let thread_path = path.clone();
+        std::thread::Builder::new()
+            .name("cmkguard-ledger-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx, clock, max_batch, thread_path))
+            .map_err(|e| unavailable(&path, e))?;
+        tracing::debug!(path = %path.display(), "sqlite ledger open");
+        Ok(Self { path, writer: tx, reader: Arc::new(Mutex::new(reader)) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write(&self, op: Op) -> Result<Reply> {
+        let (reply, rx) = oneshot::channel();
+        self.writer.send(Request { op, reply }).await.map_err(|_| LedgerError::Closed)?;
+        rx.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let reader = self.reader.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| unavailable(&path, "reader connection poisoned"))?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| unavailable(&self.path, e))?
+    }
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Request>,
+    clock: Arc<dyn Clock>,
+    max_batch: usize,
+    path: PathBuf,
+) {
+    let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let now = clock.now();
+        match run_batch(&mut conn, &batch, now) {
+            Ok(results) => {
+                for (req, res) in batch.drain(..).zip(results) {
+                    let _ = req.reply.send(res);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, size = batch.len(), "ledger batch failed; retrying its requests one by one");
+                for req in batch.drain(..) {
+                    let res = run_batch(&mut conn, std::slice::from_ref(&req), now)
+                        .map_err(|e| unavailable(&path, e))
+                        .and_then(|mut v| v.pop().unwrap_or(Err(LedgerError::Closed)));
+                    let _ = req.reply.send(res);
+                }
+            }
+        }
+    }
+    tracing::debug!(path = %path.display(), "sqlite ledger writer stopped");
+}
+
+/// Applies every request in one transaction. `Err` = SQLite failed (nothing committed);
+/// `Ok` holds each request's own answer, which may be a logical error.
+fn run_batch(conn: &mut Connection, batch: &[Request], now: DateTime<Utc>) -> rusqlite::Result<Vec<Result<Reply>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut out = Vec::with_capacity(batch.len());
+    for req in batch {
+        out.push(apply(&tx, &req.op, now)?);
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+fn apply(tx: &Transaction<'_>, op: &Op, now: DateTime<Utc>) -> rusqlite::Result<Result<Reply>> {
+    let now_us = micros(now);
+    Ok(match op {
+        Op::Claim { event_id, ttl } => claim(tx, event_id, *ttl, now)?.map(Reply::Claim),
+        Op::Checkpoint { ticket, progress, ttl } => {
+            let expires_at = now + chrono_duration(*ttl);
+            let n = tx.prepare_cached(
+                "UPDATE claims SET progress = ?3, expires_at = ?4 WHERE event_id = ?1 AND token = ?2 AND state = 'in-progress'",
+            )?
+            .execute(params![ticket.event_id, ticket.token, progress, micros(expires_at)])?;
+            if n == 0 {
+                Err(LedgerError::ClaimLost { event_id: ticket.event_id.clone() })
+            } else {
+                match serde_json::from_str::<Vec<ActionOutcome>>(progress) {
+                    Ok(progress) => Ok(Reply::Ticket(ClaimTicket { expires_at, progress, ..ticket.clone() })),
+                    Err(e) => Err(corrupt(format!("progress of {}", ticket.event_id), e)),
+                }
+            }
+        }
+        Op::Complete { ticket, recorded_at, body } => {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE claims SET state = 'done', progress = '[]' WHERE event_id = ?1 AND token = ?2 AND state = 'in-progress'",
+                )?
+                .execute(params![ticket.event_id, ticket.token])?;
+            if n == 0 {
+                Err(LedgerError::ClaimLost { event_id: ticket.event_id.clone() })
+            } else {
+                put_record(tx, &ticket.event_id, *recorded_at, body)?;
+                Ok(Reply::Unit)
+            }
+        }
+        Op::Abandon { ticket } => {
+            tx.prepare_cached(
+                "UPDATE claims SET state = 'abandoned' WHERE event_id = ?1 AND token = ?2 AND state = 'in-progress'",
+            )?
+            .execute(params![ticket.event_id, ticket.token])?;
+            Ok(Reply::Unit)
+        }
+        Op::Record { event_id, recorded_at, body } => {
+            put_record(tx, event_id, *recorded_at, body)?;
+            tx.prepare_cached(
+                "INSERT INTO claims (event_id, state, token, attempt, expires_at) VALUES (?1, 'done', '', 1, ?2)
+                 ON CONFLICT (event_id) DO UPDATE SET state = 'done', progress = '[]'",
+            )?
+            .execute(params![event_id, now_us])?;
+            Ok(Reply::Unit)
+        }
+        Op::AddPending { id, registry, started_at, body } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO pending (id, registry, started_at, body) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, registry, started_at, body])?;
+            Ok(Reply::Unit)
+        }
+        Op::CompletePending { id } => {
+            let n = tx.prepare_cached("DELETE FROM pending WHERE id = ?1")?.execute(params![id])?;
+            Ok(Reply::Bool(n > 0))
+        }
+        Op::AcquireLease { registry, ttl } => {
+            let current: Option<i64> = tx
+                .prepare_cached("SELECT expires_at FROM leases WHERE registry = ?1")?
+                .query_row(params![registry], |r| r.get(0))
+                .optional()?;
+            if current.is_some_and(|exp| exp > now_us) {
+                Ok(Reply::Lease(None))
+            } else {
+                let lease = Lease {
+                    registry: registry.clone(),
+                    lease_id: uuid::Uuid::new_v4().to_string(),
+                    expires_at: now + chrono_duration(*ttl),
+                };
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO leases (registry, lease_id, expires_at) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![lease.registry, lease.lease_id, micros(lease.expires_at)])?;
+                Ok(Reply::Lease(Some(lease)))
+            }
+        }
+        Op::RenewLease { lease, ttl } => {
+            let expires_at = now + chrono_duration(*ttl);
+            let n = tx
+                .prepare_cached("UPDATE leases SET expires_at = ?3 WHERE registry = ?1 AND lease_id = ?2")?
+                .execute(params![lease.registry, lease.lease_id, micros(expires_at)])?;
+            if n == 0 {
+                Err(LedgerError::LeaseLost { registry: lease.registry.clone() })
+            } else {
+                Ok(Reply::Lease(Some(Lease { expires_at, ..lease.clone() })))
+            }
+        }
+        Op::ReleaseLease { lease } => {
+            tx.prepare_cached("DELETE FROM leases WHERE registry = ?1 AND lease_id = ?2")?
+                .execute(params![lease.registry, lease.lease_id])?;
+            Ok(Reply::Unit)
+        }
+        Op::ShouldSend { rule, resource, key_version, window } => {
+            let last: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT sent_at FROM notifications WHERE rule = ?1 AND resource = ?2 AND key_version = ?3",
+                )?
+                .query_row(params![rule, resource, key_version], |r| r.get(0))
+                .optional()?;
+            let window_start = micros(now - chrono_duration(*window));
+            if last.is_some_and(|sent| sent > window_start) {
+                Ok(Reply::Bool(false))
+            } else {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO notifications (rule, resource, key_version, sent_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![rule, resource, key_version, now_us])?;
+                Ok(Reply::Bool(true))
+            }
+        }
+        Op::ForgetSend { rule, resource, key_version } => {
+            tx.prepare_cached("DELETE FROM notifications WHERE rule = ?1 AND resource = ?2 AND key_version = ?3")?
+                .execute(params![rule, resource, key_version])?;
+            Ok(Reply::Unit)
+        }
+        Op::Prune { max_age } => {
+            let cutoff = micros(now - chrono_duration(*max_age));
+            let claims = tx.execute(
+                "DELETE FROM claims WHERE event_id IN (SELECT event_id FROM records WHERE recorded_at < ?1)
+                    OR (state <> 'done' AND expires_at < ?1)",
+                params![cutoff],
+            )?;
+            let records = tx.execute("DELETE FROM records WHERE recorded_at < ?1", params![cutoff])?;
+            let notifications = tx.execute("DELETE FROM notifications WHERE sent_at < ?1", params![cutoff])?;
+            tx.execute("DELETE FROM leases WHERE expires_at < ?1", params![cutoff])?;
+            Ok(Reply::Pruned(PruneStats {
+                records: records as u64,
+                claims: claims as u64,
+                notifications: notifications as u64,
+            }))
+        }
+    })
+}
+
+fn put_record(tx: &Transaction<'_>, event_id: &str, recorded_at: i64, body: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT OR REPLACE INTO records (event_id, recorded_at, body) VALUES (?1, ?2, ?3)")?
+        .execute(params![event_id, recorded_at, body])?;
+    Ok(())
+}
+
+fn claim(tx: &Transaction<'_>, event_id: &str, ttl: Duration, now: DateTime<Utc>) -> rusqlite::Result<Result<Claim>> {
+    let row: Option<(String, u32, i64, String)> = tx
+        .prepare_cached("SELECT state, attempt, expires_at, progress FROM claims WHERE event_id = ?1")?
+        .query_row(params![event_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let expires_at = now + chrono_duration(ttl);
+    let token = uuid::Uuid::new_v4().to_string();
+    let (attempt, progress) = match row {
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO claims (event_id, state, token, attempt, expires_at) VALUES (?1, 'in-progress', ?2, 1, ?3)",
+            )?
+            .execute(params![event_id, token, micros(expires_at)])?;
+            (1, Vec::new())
+        }
+        Some((state, _, _, _)) if state == "done" => {
+            let body: Option<String> = tx
+                .prepare_cached("SELECT body FROM records WHERE event_id = ?1")?
+                .query_row(params![event_id], |r| r.get(0))
+                .optional()?;
+            return Ok(match body {
+                Some(body) => serde_json::from_str::<AuditRecord>(&body)
+                    .map(|r| Claim::AlreadyDone(Box::new(r)))
+                    .map_err(|e| corrupt(format!("record {event_id}"), e)),
+                None => Err(corrupt(format!("claim {event_id}"), "marked done but its record is missing")),
+            });
+        }
+        Some((state, attempt, exp, _)) if state == "in-progress" && exp > micros(now) => {
+            return Ok(Ok(Claim::InProgress { attempt, expires_at: from_micros(exp) }));
+        }
+        Some((_, attempt, _, progress)) => {
+            // Expired or abandoned: take over, keeping what the earlier attempt checkpointed.
+            let progress = match serde_json::from_str::<Vec<ActionOutcome>>(&progress) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(corrupt(format!("progress of {event_id}"), e))),
+            };
+            tx.prepare_cached(
+                "UPDATE claims SET state = 'in-progress', token = ?2, attempt = ?3, expires_at = ?4 WHERE event_id = ?1",
+            )?
+            .execute(params![event_id, token, attempt + 1, micros(expires_at)])?;
+            (attempt + 1, progress)
+        }
+    };
+    Ok(Ok(Claim::New(ClaimTicket { event_id: event_id.to_owned(), token, attempt, expires_at, progress })))
+}
+
+fn to_json<T: serde::Serialize>(what: &str, v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| corrupt(what, e))
+}
+
+fn unexpected(r: Reply) -> LedgerError {
+    LedgerError::Unavailable(format!("sqlite ledger: unexpected reply {r:?}"))
+}
+
+#[async_trait::async_trait]
+impl Ledger for SqliteLedger {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn claim(&self, event_id: &str, ttl: Duration) -> Result<Claim> {
+        match self.write(Op::Claim { event_id: event_id.to_owned(), ttl }).await? {
+            Reply::Claim(c) => Ok(c),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn checkpoint(&self, ticket: &ClaimTicket, progress: &[ActionOutcome], ttl: Duration) -> Result<ClaimTicket> {
+        let progress = to_json("progress", &progress)?;
+        match self.write(Op::Checkpoint { ticket: ticket.clone(), progress, ttl }).await? {
+            Reply::Ticket(t) => Ok(t),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn complete(&self, ticket: &ClaimTicket, record: &AuditRecord) -> Result<()> {
+        let body = to_json("audit record", record)?;
+        self.write(Op::Complete { ticket: ticket.clone(), recorded_at: micros(record.recorded_at), body })
+            .await
+            .map(drop)
+    }
+
+    async fn abandon(&self, ticket: &ClaimTicket) -> Result<()> {
+        self.write(Op::Abandon { ticket: ticket.clone() }).await.map(drop)
+    }
+
+    async fn record(&self, record: &AuditRecord) -> Result<()> {
+        let body = to_json("audit record", record)?;
+        self.write(Op::Record { event_id: record.event_id.clone(), recorded_at: micros(record.recorded_at), body })
+            .await
+            .map(drop)
+    }
+
+    async fn get(&self, event_id: &str) -> Result<Option<AuditRecord>> {
+        let path = self.path.clone();
+        let event_id = event_id.to_owned();
+        self.read(move |c| {
+            let body: Option<String> = c
+                .prepare_cached("SELECT body FROM records WHERE event_id = ?1")
+                .and_then(|mut s| s.query_row(params![event_id], |r| r.get(0)).optional())
+                .map_err(|e| unavailable(&path, e))?;
+            body.map(|b| serde_json::from_str(&b).map_err(|e| corrupt(format!("record {event_id}"), e))).transpose()
+        })
+        .await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<AuditRecord>> {
+        let path = self.path.clone();
+        let since = query.since.map(micros).unwrap_or(i64::MIN);
+        let limit = query.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX)).unwrap_or(-1);
+        self.read(move |c| {
+            let rows: Vec<(String, String)> = c
+                .prepare_cached(
+                    "SELECT event_id, body FROM records WHERE recorded_at >= ?1 ORDER BY recorded_at DESC, event_id DESC LIMIT ?2",
+                )
+                .and_then(|mut s| s.query_map(params![since, limit], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(|e| unavailable(&path, e))?;
+            rows.into_iter()
+                .map(|(id, b)| serde_json::from_str(&b).map_err(|e| corrupt(format!("record {id}"), e)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn add_pending(&self, op: &PendingOperation) -> Result<()> {
+        let body = to_json("pending operation", op)?;
+        self.write(Op::AddPending {
+            id: op.id.clone(),
+            registry: op.registry.clone(),
+            started_at: micros(op.started_at),
+            body,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn list_pending(&self, registry: Option<&str>) -> Result<Vec<PendingOperation>> {
+        let path = self.path.clone();
+        let registry = registry.map(str::to_owned);
+        self.read(move |c| {
+            let rows: Vec<(String, String)> = c
+                .prepare_cached(
+                    "SELECT id, body FROM pending WHERE ?1 IS NULL OR registry = ?1 COLLATE NOCASE ORDER BY started_at, id",
+                )
+                .and_then(|mut s| s.query_map(params![registry], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(|e| unavailable(&path, e))?;
+            rows.into_iter()
+                .map(|(id, b)| serde_json::from_str(&b).map_err(|e| corrupt(format!("pending operation {id}"), e)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn complete_pending(&self, id: &str) -> Result<bool> {
+        match self.write(Op::CompletePending { id: id.to_owned() }).await? {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn acquire_lease(&self, registry: &str, ttl: Duration) -> Result<Option<Lease>> {
+        match self.write(Op::AcquireLease { registry: registry.to_ascii_lowercase(), ttl }).await? {
+            Reply::Lease(l) => Ok(l),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
+        match self.write(Op::RenewLease { lease: lease.clone(), ttl }).await? {
+            Reply::Lease(Some(l)) => Ok(l),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        self.write(Op::ReleaseLease { lease: lease.clone() }).await.map(drop)
+    }
+
+    async fn should_send(&self, rule: &str, resource: &str, key_version: &str, window: Duration) -> Result<bool> {
+        let op = Op::ShouldSend {
+            rule: rule.to_owned(),
+            resource: resource.to_ascii_lowercase(),
+            key_version: key_version.to_owned(),
+            window,
+        };
+        match self.write(op).await? {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn forget_send(&self, rule: &str, resource: &str, key_version: &str) -> Result<()> {
+        let op = Op::ForgetSend {
+            rule: rule.to_owned(),
+            resource: resource.to_ascii_lowercase(),
+            key_version: key_version.to_owned(),
+        };
+        self.write(op).await.map(drop)
+    }
+
+    async fn prune(&self, max_age: Duration) -> Result<PruneStats> {
+        match self.write(Op::Prune { max_age }).await? {
+            Reply::Pruned(s) => Ok(s),
+            r => Err(unexpected(r)),
+        }
+    }
+}
