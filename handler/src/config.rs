@@ -404,6 +404,25 @@ fn channels(specs: &[String], env: &impl Fn(&str) -> Option<String>) -> Result<V
     Ok(out)
 }
 
+impl Config {
+    /// Parses flags (as `cmkguard serve` takes them, without the program name) and
+    /// validates them. Variables in the environment fill unset flags, as on the command line.
+    pub fn from_args<I, T>(args: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let args = std::iter::once(std::ffi::OsString::from("cmkguard")).chain(args.into_iter().map(Into::into));
+        let flags = <Flags as clap::Parser>::try_parse_from(args).map_err(|e| e.to_string())?;
+        Self::from_settings(flags.settings, |k| std::env::var(k).ok()).map_err(|e| e.to_string())
+    }
+}
+
 /// The environment variable holding a channel's URL (`what = "URL"`) or signing key (`"SECRET"`).
 pub fn channel_var(name: &str, what: &str) -> String {
     format!("CMKGUARD_CHANNEL_{}_{what}", name.to_ascii_uppercase().replace('-', "_"))

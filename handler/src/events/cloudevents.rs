@@ -8,7 +8,15 @@ use serde_json::Value;
 use super::{DecodeError, Decoded, code, domain};
 
 /// Decodes one structured-mode CloudEvent object.
-pub fn decode_structured(value: Value) -> Result<Decoded, DecodeError> {
+pub fn decode_structured(mut value: Value) -> Result<Decoded, DecodeError> {
+    // Microsoft's own sample sends `"dataschema": "#"`, a relative reference the SDK refuses
+    // (the spec wants an absolute URI). cmkguard does not use dataschema, so a relative one
+    // is dropped rather than failing an event Azure really sends.
+    if let Some(obj) = value.as_object_mut() {
+        if obj.get("dataschema").and_then(Value::as_str).is_some_and(|s| !is_absolute_uri(s)) {
+            obj.remove("dataschema");
+        }
+    }
     let id_hint = value.get("id").and_then(Value::as_str).unwrap_or("?").to_owned();
     let event: cloudevents::Event = serde_json::from_value(value)
         .map_err(|e| DecodeError::new(code::BAD_EVENT, format!("not a valid CloudEvent (id {id_hint:?}): {e}")))?;
@@ -17,6 +25,17 @@ pub fn decode_structured(value: Value) -> Result<Decoded, DecodeError> {
 
 /// Decodes a binary-mode CloudEvent from HTTP headers and body.
 pub fn decode_binary(headers: &http::HeaderMap, body: Vec<u8>) -> Result<Decoded, DecodeError> {
+    let relative_schema =
+        headers.get("ce-dataschema").and_then(|v| v.to_str().ok()).is_some_and(|s| !is_absolute_uri(s));
+    let scrubbed;
+    let headers = if relative_schema {
+        let mut h = headers.clone();
+        h.remove("ce-dataschema");
+        scrubbed = h;
+        &scrubbed
+    } else {
+        headers
+    };
     let event = cloudevents::binding::http::to_event(headers, body)
         .map_err(|e| DecodeError::new(code::BAD_EVENT, format!("not a valid binary-mode CloudEvent: {e}")))?;
     from_sdk(&event)
@@ -46,4 +65,16 @@ fn from_sdk(event: &cloudevents::Event) -> Result<Decoded, DecodeError> {
         time,
     };
     domain::to_domain(header, data.as_ref()).map_err(at)
+}
+
+/// `scheme:` followed by something, per RFC 3986 (scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )).
+fn is_absolute_uri(s: &str) -> bool {
+    match s.split_once(':') {
+        Some((scheme, rest)) => {
+            !rest.is_empty()
+                && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        }
+        None => false,
+    }
 }
