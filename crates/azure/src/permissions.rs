@@ -57,39 +57,15 @@ const fn p(
     scope: Scope,
     needed: Needed,
 ) -> Permission {
-    Permission {
-        operation,
-        action,
-        data_action,
-        scope,
-        needed,
-    }
+    Permission { operation, action, data_action, scope, needed }
 }
 
 /// Every action any client call in this crate needs.
 pub const PERMISSIONS: &[Permission] = &[
     // ARM: container registries.
-    p(
-        "arm.get_registry",
-        "Microsoft.ContainerRegistry/registries/read",
-        false,
-        Scope::Registries,
-        Needed::Always,
-    ),
-    p(
-        "arm.list_registries",
-        "Microsoft.ContainerRegistry/registries/read",
-        false,
-        Scope::Registries,
-        Needed::Always,
-    ),
-    p(
-        "arm.start_rotate_key",
-        "Microsoft.ContainerRegistry/registries/read",
-        false,
-        Scope::Registries,
-        Needed::Enforce,
-    ),
+    p("arm.get_registry", "Microsoft.ContainerRegistry/registries/read", false, Scope::Registries, Needed::Always),
+    p("arm.list_registries", "Microsoft.ContainerRegistry/registries/read", false, Scope::Registries, Needed::Always),
+    p("arm.start_rotate_key", "Microsoft.ContainerRegistry/registries/read", false, Scope::Registries, Needed::Enforce),
     p(
         "arm.start_rotate_key",
         "Microsoft.ContainerRegistry/registries/write",
@@ -114,43 +90,13 @@ pub const PERMISSIONS: &[Permission] = &[
         Needed::Enforce,
     ),
     // ARM: vault safety net.
-    p(
-        "arm.get_vault",
-        "Microsoft.KeyVault/vaults/read",
-        false,
-        Scope::Vault,
-        Needed::Always,
-    ),
+    p("arm.get_vault", "Microsoft.KeyVault/vaults/read", false, Scope::Vault, Needed::Always),
     // Resource Graph.
-    p(
-        "graph.registries_using_key",
-        "Microsoft.ResourceGraph/resources/read",
-        false,
-        Scope::Registries,
-        Needed::Always,
-    ),
-    p(
-        "graph.all_registries",
-        "Microsoft.ResourceGraph/resources/read",
-        false,
-        Scope::Registries,
-        Needed::Always,
-    ),
+    p("graph.registries_using_key", "Microsoft.ResourceGraph/resources/read", false, Scope::Registries, Needed::Always),
+    p("graph.all_registries", "Microsoft.ResourceGraph/resources/read", false, Scope::Registries, Needed::Always),
     // Key Vault data plane (Azure RBAC permission model).
-    p(
-        "keyvault.get_key",
-        "Microsoft.KeyVault/vaults/keys/read",
-        true,
-        Scope::VaultKeys,
-        Needed::Always,
-    ),
-    p(
-        "keyvault.list_versions",
-        "Microsoft.KeyVault/vaults/keys/read",
-        true,
-        Scope::VaultKeys,
-        Needed::Always,
-    ),
+    p("keyvault.get_key", "Microsoft.KeyVault/vaults/keys/read", true, Scope::VaultKeys, Needed::Always),
+    p("keyvault.list_versions", "Microsoft.KeyVault/vaults/keys/read", true, Scope::VaultKeys, Needed::Always),
     p(
         "keyvault.get_rotation_policy",
         "Microsoft.KeyVault/vaults/keyrotationpolicies/read",
@@ -188,23 +134,14 @@ pub const PERMISSIONS: &[Permission] = &[
         Needed::VaultKeyRotation,
     ),
     // `cmkguard doctor` reads its own permissions (changes nothing).
-    p(
-        "doctor.check_permissions",
-        "Microsoft.Authorization/permissions/read",
-        false,
-        Scope::Registries,
-        Needed::Always,
-    ),
+    p("doctor.check_permissions", "Microsoft.Authorization/permissions/read", false, Scope::Registries, Needed::Always),
 ];
 
 /// The distinct actions needed at `scope` for a deployment that needs up to `level`
 /// (`Always` = monitor mode, `Enforce`, `VaultKeyRotation` = everything).
 pub fn actions(scope: Scope, level: Needed) -> Vec<&'static str> {
-    let mut out: Vec<&'static str> = PERMISSIONS
-        .iter()
-        .filter(|p| p.scope == scope && p.needed <= level)
-        .map(|p| p.action)
-        .collect();
+    let mut out: Vec<&'static str> =
+        PERMISSIONS.iter().filter(|p| p.scope == scope && p.needed <= level).map(|p| p.action).collect();
     out.sort_unstable();
     out.dedup();
     out
@@ -222,18 +159,8 @@ pub struct BuiltinRole {
 
 /// Built-in roles that cover the actions above (public Azure role definitions).
 pub const BUILTIN_ROLES: &[BuiltinRole] = &[
-    BuiltinRole {
-        name: "Reader",
-        id: "acdd72a7-3385-48ef-bd42-f606fba81ae7",
-        actions: &["*/read"],
-        data_actions: &[],
-    },
-    BuiltinRole {
-        name: "Contributor",
-        id: "b24988ac-6180-11e0-b15e-0e1f9d0c0f7a",
-        actions: &["*"],
-        data_actions: &[],
-    },
+    BuiltinRole { name: "Reader", id: "acdd72a7-3385-48ef-bd42-f606fba81ae7", actions: &["*/read"], data_actions: &[] },
+    BuiltinRole { name: "Contributor", id: "b24988ac-6180-11e0-b15e-0e1f9d0c0f7a", actions: &["*"], data_actions: &[] },
     BuiltinRole {
         name: "Managed Identity Operator",
         id: "f1a07417-d97a-45cb-824c-7a7467783830",
@@ -247,19 +174,13 @@ pub const BUILTIN_ROLES: &[BuiltinRole] = &[
         name: "Key Vault Reader",
         id: "21090545-7ca7-4776-b22c-e363652d74d2",
         actions: &["Microsoft.KeyVault/*/read"],
-        data_actions: &[
-            "Microsoft.KeyVault/vaults/*/read",
-            "Microsoft.KeyVault/vaults/secrets/readMetadata/action",
-        ],
+        data_actions: &["Microsoft.KeyVault/vaults/*/read", "Microsoft.KeyVault/vaults/secrets/readMetadata/action"],
     },
     BuiltinRole {
         name: "Key Vault Crypto Officer",
         id: "14b46e9e-c2b7-41b4-b07b-48a6ebf60603",
         actions: &["Microsoft.KeyVault/*/read"],
-        data_actions: &[
-            "Microsoft.KeyVault/vaults/keys/*",
-            "Microsoft.KeyVault/vaults/keyrotationpolicies/*",
-        ],
+        data_actions: &["Microsoft.KeyVault/vaults/keys/*", "Microsoft.KeyVault/vaults/keyrotationpolicies/*"],
     },
 ];
 
@@ -270,9 +191,7 @@ pub fn covers(pattern: &str, action: &str) -> bool {
         match p.split_first() {
             None => a.is_empty(),
             Some((b'*', rest)) => (0..=a.len()).any(|i| go(rest, &a[i..])),
-            Some((c, rest)) => a
-                .split_first()
-                .is_some_and(|(d, arest)| c.eq_ignore_ascii_case(d) && go(rest, arest)),
+            Some((c, rest)) => a.split_first().is_some_and(|(d, arest)| c.eq_ignore_ascii_case(d) && go(rest, arest)),
         }
     }
     go(pattern.as_bytes(), action.as_bytes())
@@ -289,11 +208,7 @@ pub fn missing(
         .iter()
         .filter(|p| p.scope == scope && p.needed <= level)
         .filter(|p| {
-            let granted = if p.data_action {
-                granted_data_actions
-            } else {
-                granted_actions
-            };
+            let granted = if p.data_action { granted_data_actions } else { granted_actions };
             !granted.iter().any(|g| covers(g, p.action))
         })
         .map(|p| p.action)
@@ -309,23 +224,11 @@ mod tests {
 
     #[test]
     fn wildcards_match_like_azure() {
-        assert!(covers(
-            "*/read",
-            "Microsoft.ContainerRegistry/registries/read"
-        ));
+        assert!(covers("*/read", "Microsoft.ContainerRegistry/registries/read"));
         assert!(covers("*", "Microsoft.ContainerRegistry/registries/write"));
-        assert!(covers(
-            "microsoft.keyvault/vaults/keys/*",
-            "Microsoft.KeyVault/vaults/keys/rotate/action"
-        ));
-        assert!(!covers(
-            "*/read",
-            "Microsoft.ContainerRegistry/registries/write"
-        ));
-        assert!(!covers(
-            "Microsoft.KeyVault/vaults/keys/read",
-            "Microsoft.KeyVault/vaults/keys/rotate/action"
-        ));
+        assert!(covers("microsoft.keyvault/vaults/keys/*", "Microsoft.KeyVault/vaults/keys/rotate/action"));
+        assert!(!covers("*/read", "Microsoft.ContainerRegistry/registries/write"));
+        assert!(!covers("Microsoft.KeyVault/vaults/keys/read", "Microsoft.KeyVault/vaults/keys/rotate/action"));
     }
 
     #[test]
@@ -346,43 +249,17 @@ mod tests {
     fn reader_and_key_vault_reader_cover_monitor_mode() {
         let role = |n: &str| BUILTIN_ROLES.iter().find(|r| r.name == n).unwrap();
         let reader = role("Reader");
-        assert!(
-            missing(
-                Scope::Registries,
-                Needed::Always,
-                reader.actions,
-                reader.data_actions
-            )
-            .is_empty()
-        );
+        assert!(missing(Scope::Registries, Needed::Always, reader.actions, reader.data_actions).is_empty());
         let kvr = role("Key Vault Reader");
-        assert!(
-            missing(
-                Scope::VaultKeys,
-                Needed::Always,
-                kvr.actions,
-                kvr.data_actions
-            )
-            .is_empty()
-        );
+        assert!(missing(Scope::VaultKeys, Needed::Always, kvr.actions, kvr.data_actions).is_empty());
         assert_eq!(
-            missing(
-                Scope::VaultKeys,
-                Needed::VaultKeyRotation,
-                kvr.actions,
-                kvr.data_actions
-            ),
+            missing(Scope::VaultKeys, Needed::VaultKeyRotation, kvr.actions, kvr.data_actions),
             ["Microsoft.KeyVault/vaults/keys/rotate/action"]
         );
         // Reader cannot write: enforce mode needs more.
         assert!(
-            missing(
-                Scope::Registries,
-                Needed::Enforce,
-                reader.actions,
-                reader.data_actions
-            )
-            .contains(&"Microsoft.ContainerRegistry/registries/write")
+            missing(Scope::Registries, Needed::Enforce, reader.actions, reader.data_actions)
+                .contains(&"Microsoft.ContainerRegistry/registries/write")
         );
     }
 
@@ -390,10 +267,7 @@ mod tests {
     fn data_actions_are_not_granted_by_actions() {
         assert_eq!(
             missing(Scope::VaultKeys, Needed::Always, &["*"], &[]),
-            [
-                "Microsoft.KeyVault/vaults/keyrotationpolicies/read",
-                "Microsoft.KeyVault/vaults/keys/read"
-            ]
+            ["Microsoft.KeyVault/vaults/keyrotationpolicies/read", "Microsoft.KeyVault/vaults/keys/read"]
         );
     }
 }
