@@ -1,0 +1,201 @@
+//! `cargo xtask package`: the zip-deploy package. Layout at the zip root, as the Functions
+//! host expects it in wwwroot: `host.json`, the `cmkguard` binary (mode 0755),
+//! `functions/<Name>/function.json` for every function folder, `policy/default-policy.wasm`
+//! (the embedded default policy, shipped for reference and as a starting point), and
+//! `cmkguard-package.json` (file digests and the binary's linkage).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+use zip::write::SimpleFileOptions;
+
+use crate::{elf, repo_root};
+
+/// Newest glibc on every Functions Linux worker image we may land on: host v4 images were
+/// Debian 11 "bullseye" (glibc 2.31) and move to Debian 12 "bookworm" (2.36) and Ubuntu
+/// 24.04 (2.39); an app can be pinned back to the old image. A binary needing more than
+/// this may fail to start there: build it with `--target x86_64-unknown-linux-musl`.
+pub const WORKER_GLIBC_FLOOR: (u32, u32) = (2, 31);
+
+pub const BINARY_NAME: &str = "cmkguard";
+pub const ZIP_NAME: &str = "cmkguard.zip";
+
+/// One file of the package.
+struct Entry {
+    name: String,
+    bytes: Vec<u8>,
+    mode: u32,
+}
+
+pub fn run(out: &Path, target: Option<&str>, binary: Option<&Path>) -> Result<()> {
+    let root = repo_root();
+    let binary = match binary {
+        Some(b) => b.to_path_buf(),
+        None => release_binary(&root, target)?,
+    };
+    let bin_bytes = strip_debug_info(&binary, out)?;
+    let linkage = elf::inspect(&bin_bytes)
+        .with_context(|| format!("{} cannot run on the Functions Linux workers", binary.display()))?;
+    match (&linkage.interpreter, linkage.glibc) {
+        (None, _) => println!("binary: {} (static, no glibc needed)", binary.display()),
+        (Some(interp), Some(v)) if v > WORKER_GLIBC_FLOOR => println!(
+            "warning: {} needs GLIBC_{}.{} ({interp}); workers on Debian 11 images have {}.{}. \
+             Bookworm/Noble images have enough; for any image build with --target x86_64-unknown-linux-musl",
+            binary.display(),
+            v.0,
+            v.1,
+            WORKER_GLIBC_FLOOR.0,
+            WORKER_GLIBC_FLOOR.1
+        ),
+        (Some(interp), _) => println!("binary: {} (dynamic, {interp})", binary.display()),
+    }
+
+    let mut entries = vec![
+        Entry { name: "host.json".into(), bytes: read(&root.join("host.json"))?, mode: 0o644 },
+        Entry { name: BINARY_NAME.into(), bytes: bin_bytes, mode: 0o755 },
+    ];
+    check_host_json(&entries[0].bytes)?;
+    let functions = function_folders(&root)?;
+    if functions.is_empty() {
+        bail!("no functions/<Name>/function.json found under {}", root.display());
+    }
+    for name in &functions {
+        let path = root.join("functions").join(name).join("function.json");
+        entries.push(Entry { name: format!("functions/{name}/function.json"), bytes: read(&path)?, mode: 0o644 });
+    }
+    let target_dir = root.join("target");
+    let policy = target_dir.join("policy-wasm/components/default-policy.wasm");
+    if policy.is_file() {
+        entries.push(Entry { name: "policy/default-policy.wasm".into(), bytes: read(&policy)?, mode: 0o644 });
+    } else {
+        println!("note: {} not built; the package relies on the policy embedded in the binary", policy.display());
+    }
+
+    let manifest = serde_json::json!({
+        "package": "cmkguard",
+        "version": env!("CARGO_PKG_VERSION"),
+        "binary": {
+            "name": BINARY_NAME,
+            "static": linkage.interpreter.is_none(),
+            "interpreter": linkage.interpreter,
+            "glibc": linkage.glibc.map(|(a, b)| format!("{a}.{b}")),
+        },
+        "functions": functions,
+        "files": entries.iter().map(|e| serde_json::json!({
+            "name": e.name, "size": e.bytes.len(), "sha256": hex::encode(Sha256::digest(&e.bytes)),
+        })).collect::<Vec<_>>(),
+    });
+    let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
+    entries.push(Entry { name: "cmkguard-package.json".into(), bytes: manifest_bytes.clone(), mode: 0o644 });
+
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let zip_path = out.join(ZIP_NAME);
+    write_zip(&zip_path, &entries)?;
+    std::fs::write(out.join("cmkguard-package.json"), &manifest_bytes)?;
+    let zip_bytes = read(&zip_path)?;
+    println!(
+        "wrote {} ({} files, {} bytes, sha256 {})",
+        zip_path.display(),
+        entries.len(),
+        zip_bytes.len(),
+        hex::encode(Sha256::digest(&zip_bytes))
+    );
+    Ok(())
+}
+
+/// The binary without its DWARF sections (the release profile keeps line tables, which
+/// multiply the size; symbols stay for backtraces). Uses binutils' `objcopy` when present.
+fn strip_debug_info(binary: &Path, out: &Path) -> Result<Vec<u8>> {
+    let original = read(binary)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let stripped = out.join(".cmkguard.stripped");
+    match Command::new("objcopy").arg("--strip-debug").arg(binary).arg(&stripped).status() {
+        Ok(s) if s.success() => {
+            let bytes = read(&stripped)?;
+            let _ = std::fs::remove_file(&stripped);
+            println!("stripped debug info: {} -> {} bytes", original.len(), bytes.len());
+            Ok(bytes)
+        }
+        _ => {
+            let _ = std::fs::remove_file(&stripped);
+            println!("note: objcopy unavailable or failed; shipping the binary with its debug info");
+            Ok(original)
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The release binary for `target`, built with `cargo build --release` only if missing.
+fn release_binary(root: &Path, target: Option<&str>) -> Result<PathBuf> {
+    let dir = match target {
+        Some(t) => root.join("target").join(t).join("release"),
+        None => root.join("target/release"),
+    };
+    let path = dir.join(BINARY_NAME);
+    if path.is_file() {
+        return Ok(path);
+    }
+    println!("{} missing: building it", path.display());
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root).args(["build", "--release", "--locked", "-p", "cmkguard", "--bin", BINARY_NAME]);
+    if let Some(t) = target {
+        cmd.args(["--target", t]);
+    }
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() || !path.is_file() {
+        bail!("cargo build --release of {BINARY_NAME} failed ({status})");
+    }
+    Ok(path)
+}
+
+/// The folders under `functions/` that hold a function.json, sorted.
+pub fn function_folders(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join("functions");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        if entry.path().join("function.json").is_file() {
+            out.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// host.json must start `cmkguard` from the package root.
+pub fn check_host_json(bytes: &[u8]) -> Result<Vec<String>> {
+    let host: serde_json::Value = serde_json::from_slice(bytes).context("host.json is not JSON")?;
+    let desc = &host["customHandler"]["description"];
+    let exe = desc["defaultExecutablePath"]
+        .as_str()
+        .context("host.json: customHandler.description.defaultExecutablePath missing")?;
+    if exe != BINARY_NAME {
+        bail!("host.json starts {exe:?}, but the package ships {BINARY_NAME:?}");
+    }
+    let args = desc["arguments"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    Ok(args)
+}
+
+fn write_zip(path: &Path, entries: &[Entry]) -> Result<()> {
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut zip = zip::ZipWriter::new(file);
+    for e in entries {
+        // Fixed timestamps (the zip default, 1980-01-01) keep the package reproducible.
+        let options =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated).unix_permissions(e.mode);
+        zip.start_file(e.name.as_str(), options)?;
+        zip.write_all(&e.bytes)?;
+    }
+    zip.finish()?;
+    Ok(())
+}
