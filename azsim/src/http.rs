@@ -170,7 +170,11 @@ pub fn fault_reply(w: &mut World, route: Route, flavor: Flavor) -> Option<Reply>
 }
 
 /// The 401 every data-plane call without a valid token gets.
-pub fn kv_challenge(tenant: &str, detail: &str) -> Response<Body> {
+///
+/// The `resource` carries azsim's port: Microsoft's Key Vault SDKs check that the vault's
+/// `host:port` ends with `.` + the resource's `host:port` (real vaults are on 443, where
+/// both have none). Token requests for it are accepted with or without the port.
+pub fn kv_challenge(tenant: &str, detail: &str, port: u16) -> Response<Body> {
     let msg = match detail {
         "missing" => "AKV10000: Request is missing a Bearer or PoP token.",
         "expired" => "AKV10032: Token expired (azsim).",
@@ -179,7 +183,7 @@ pub fn kv_challenge(tenant: &str, detail: &str) -> Response<Body> {
     };
     let mut r = kv_error(401, "Unauthorized", msg);
     let challenge = format!(
-        "Bearer authorization=\"https://{LOGIN_HOST}/{tenant}\", resource=\"{}\"",
+        "Bearer authorization=\"https://{LOGIN_HOST}/{tenant}\", resource=\"{}:{port}\"",
         crate::world::VAULT_AUDIENCE
     );
     r.headers_mut().insert("www-authenticate", hv(&challenge));
@@ -205,7 +209,7 @@ pub fn arm_unauthorized(tenant: &str, detail: &str, message: &str) -> Response<B
 /// Check a bearer token; on failure the matching 401.
 pub fn authorize(w: &World, ctx: &Ctx, aud: Audience) -> Result<crate::world::TokenInfo, Reply> {
     w.check_token(ctx.header("authorization"), aud.clone()).map_err(|(detail, msg)| match aud {
-        Audience::Vault => Reply::Resp(kv_challenge(&w.tenant, detail)),
+        Audience::Vault => Reply::Resp(kv_challenge(&w.tenant, detail, w.urls.port)),
         Audience::Arm => Reply::Resp(arm_unauthorized(&w.tenant, detail, msg)),
     })
 }

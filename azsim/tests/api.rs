@@ -256,8 +256,9 @@ async fn key_vault_challenge_get_versions_rotate() {
     assert_eq!(
         chal,
         format!(
-            "Bearer authorization=\"https://login.azsim.test/{}\", resource=\"https://vault.azsim.test\"",
-            sim.tenant()
+            "Bearer authorization=\"https://login.azsim.test/{}\", resource=\"https://vault.azsim.test:{}\"",
+            sim.tenant(),
+            sim.port()
         )
     );
     let body: Value = r.json().await.unwrap();
