@@ -1,0 +1,391 @@
+//! The wasmtime engine and the sandbox every evaluation runs in: pooling allocator with
+//! copy-on-write memory images, an epoch deadline driven by a ticker thread, a memory
+//! cap and a stack cap. A module is compiled once ([`Policy`]); each evaluation gets a
+//! fresh store and instance from its `InstancePre`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cmkguard_model::outcome::PolicyRef;
+use cmkguard_model::{Decision, PolicyInput};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+
+use crate::bindings::cmkguard::policy::log;
+use crate::bindings::{Policy as Bindings, PolicyPre};
+use crate::cache::ArtifactCache;
+use crate::error::{EvalError, LoadError};
+use crate::validate::{DecisionLimits, validate};
+
+/// The contract version this host speaks (`wit/`).
+pub const CONTRACT_VERSION: &str = "1.0.0";
+/// The interfaces a policy may import: the bounded log, and the contract's type-only
+/// interface (no functions).
+pub const ALLOWED_IMPORTS: [&str; 2] = ["cmkguard:policy/log", "cmkguard:policy/types"];
+/// The interface a policy must export.
+pub const EVALUATOR_EXPORT: &str = "cmkguard:policy/evaluator";
+
+/// Per-evaluation limits and engine sizing.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock deadline of one call into the policy.
+    pub timeout: Duration,
+    /// Largest linear memory of one instance.
+    pub memory_bytes: usize,
+    /// Largest wasm stack.
+    pub stack_bytes: usize,
+    /// Largest table.
+    pub table_elements: usize,
+    /// Concurrent instances the pool holds.
+    pub instances: u32,
+    /// Largest module accepted.
+    pub module_bytes: usize,
+    pub decision: DecisionLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(50),
+            memory_bytes: 256 << 20,
+            stack_bytes: 512 << 10,
+            table_elements: 100_000,
+            instances: 64,
+            module_bytes: 64 << 20,
+            decision: DecisionLimits::default(),
+        }
+    }
+}
+
+/// Lines of policy log kept per evaluation, and bytes per line.
+const LOG_LINES: u32 = 32;
+const LOG_LINE_BYTES: usize = 1024;
+
+/// Store data of one evaluation.
+pub(crate) struct Sandbox {
+    memory_cap: usize,
+    table_cap: usize,
+    memory_hit: bool,
+    logged: u32,
+    policy: Arc<str>,
+}
+
+impl ResourceLimiter for Sandbox {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_hit = true;
+            return Err(wasmtime::format_err!("memory limit of {} MiB exceeded", self.memory_cap >> 20));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table_cap)
+    }
+}
+
+impl log::Host for Sandbox {
+    fn log(&mut self, level: log::Level, message: String) {
+        self.logged = self.logged.saturating_add(1);
+        if self.logged > LOG_LINES {
+            if self.logged == LOG_LINES + 1 {
+                tracing::warn!(policy = %self.policy, "policy log limit reached; further lines of this evaluation dropped");
+            }
+            return;
+        }
+        let mut end = message.len().min(LOG_LINE_BYTES);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let line = &message[..end];
+        match level {
+            log::Level::Debug => tracing::debug!(policy = %self.policy, "{line}"),
+            log::Level::Info => tracing::info!(policy = %self.policy, "{line}"),
+            log::Level::Warn => tracing::warn!(policy = %self.policy, "{line}"),
+            log::Level::Error => tracing::error!(policy = %self.policy, "{line}"),
+        }
+    }
+}
+
+/// The shared engine: configuration, linker and the epoch ticker. Cheap to clone.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    engine: Engine,
+    linker: Linker<Sandbox>,
+    limits: Limits,
+    deadline_ticks: u64,
+    cache: Option<ArtifactCache>,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine").field("limits", &self.inner.limits).finish_non_exhaustive()
+    }
+}
+
+impl PolicyEngine {
+    /// Builds the engine; `cache_dir` holds precompiled artifacts (none: always compile).
+    pub fn new(limits: Limits, cache_dir: Option<std::path::PathBuf>) -> Result<Self, LoadError> {
+        let tick = (limits.timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(10));
+        let deadline_ticks = limits.timeout.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1;
+
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(limits.instances)
+            .total_core_instances(limits.instances * 48)
+            .total_memories(limits.instances * 2)
+            .total_tables(limits.instances * 4)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .max_core_instances_per_component(64)
+            .max_memory_size(limits.memory_bytes)
+            .table_elements(limits.table_elements)
+            .max_component_instance_size(4 << 20)
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(16 << 10);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(limits.stack_bytes)
+            .memory_init_cow(true)
+            .memory_reservation(limits.memory_bytes as u64)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        log::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+
+        spawn_ticker(&engine, tick);
+        let cache = match cache_dir {
+            Some(dir) => Some(ArtifactCache::new(dir, &engine)?),
+            None => None,
+        };
+        Ok(Self { inner: Arc::new(EngineInner { engine, linker, limits, deadline_ticks, cache }) })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Compiles (or loads from the cache), checks imports, exports and metadata, and
+    /// validates `settings` with the policy. `origin` names the source in messages.
+    pub fn load(&self, bytes: &[u8], origin: &str, settings: &str) -> Result<Policy, LoadError> {
+        let limits = &self.inner.limits;
+        if bytes.len() > limits.module_bytes {
+            return Err(LoadError::TooLarge { size: bytes.len(), limit: limits.module_bytes });
+        }
+        check_header(bytes)?;
+        let digest = hex::encode(Sha256::digest(bytes));
+        let started = Instant::now();
+        let (component, from_cache) = match &self.inner.cache {
+            Some(cache) => cache.component(&self.inner.engine, bytes, &digest)?,
+            None => {
+                (Component::new(&self.inner.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?, false)
+            }
+        };
+        let compile_time = started.elapsed();
+
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(&self.inner.engine).map(|(n, _)| n.to_owned()).collect();
+        let exports: Vec<String> = ty.exports(&self.inner.engine).map(|(n, _)| n.to_owned()).collect();
+        if let Some(bad) = imports.iter().find(|i| !ALLOWED_IMPORTS.iter().any(|a| is_version_of(i, a))) {
+            return Err(LoadError::ForbiddenImport(bad.clone()));
+        }
+        if !exports
+            .iter()
+            .any(|e| is_version_of(e, EVALUATOR_EXPORT) && version_of(e).is_some_and(|v| v.starts_with("1.")))
+        {
+            return Err(LoadError::WrongContract {
+                found: if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") },
+                expected: CONTRACT_VERSION,
+            });
+        }
+
+        let pre =
+            self.inner.linker.instantiate_pre(&component).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        let pre = PolicyPre::new(pre).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        let mut policy = Policy {
+            engine: self.clone(),
+            pre,
+            reference: PolicyRef { name: String::new(), version: String::new(), digest },
+            settings: settings.to_owned(),
+            info: LoadInfo { origin: origin.to_owned(), size: bytes.len(), imports, exports, compile_time, from_cache },
+        };
+        let meta = policy
+            .call(|b, store| b.cmkguard_policy_evaluator().call_metadata(store))
+            .map_err(|e| LoadError::Metadata(e.to_string()))?;
+        if meta.contract_version.split('.').next() != Some("1") {
+            return Err(LoadError::ContractVersion(meta.contract_version, CONTRACT_VERSION));
+        }
+        let bad_name = |s: &str| s.is_empty() || s.len() > 128 || s.chars().any(char::is_control);
+        if bad_name(&meta.name) || bad_name(&meta.version) {
+            return Err(LoadError::Metadata(format!(
+                "name {:?} / version {:?} must be 1-128 printable characters",
+                meta.name, meta.version
+            )));
+        }
+        policy.reference.name = meta.name;
+        policy.reference.version = meta.version;
+        policy.check_settings(settings)?;
+        Ok(policy)
+    }
+}
+
+fn version_of(name: &str) -> Option<&str> {
+    name.split_once('@').map(|(_, v)| v)
+}
+
+fn is_version_of(name: &str, interface: &str) -> bool {
+    name.split_once('@').map_or(name, |(n, _)| n) == interface
+}
+
+/// Refuses what is obviously not a component, with a message that says what it is.
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotAComponent("missing the \\0asm header (not a WebAssembly binary)".to_owned()));
+    }
+    match bytes[4..8] {
+        [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+        [0x01, 0x00, 0x00, 0x00] => Err(LoadError::NotAComponent(
+            "a core WebAssembly module; wrap it into a component (see policy-wasm/README.md)".to_owned(),
+        )),
+        _ => Err(LoadError::NotAComponent("unknown WebAssembly version or layer".to_owned())),
+    }
+}
+
+fn spawn_ticker(engine: &Engine, tick: Duration) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new().name("policy-epoch".into()).spawn(move || {
+        loop {
+            std::thread::sleep(tick);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => break,
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        // Without the ticker deadlines cannot fire; every evaluation would still be
+        // bounded by the stack and memory caps, but not in time. Make it loud.
+        tracing::error!(error = %e, "could not start the policy deadline thread");
+    }
+}
+
+/// Facts about how a policy was loaded (for `policy check` and logs).
+#[derive(Debug, Clone)]
+pub struct LoadInfo {
+    pub origin: String,
+    pub size: usize,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    pub compile_time: Duration,
+    pub from_cache: bool,
+}
+
+/// A loaded, checked policy: compiled once, instantiated fresh per evaluation.
+pub struct Policy {
+    engine: PolicyEngine,
+    pre: PolicyPre<Sandbox>,
+    reference: PolicyRef,
+    settings: String,
+    info: LoadInfo,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").field("reference", &self.reference).field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// Name, version and sha256 digest: carried by every decision.
+    pub fn reference(&self) -> &PolicyRef {
+        &self.reference
+    }
+
+    pub fn info(&self) -> &LoadInfo {
+        &self.info
+    }
+
+    /// The settings this policy was loaded with (and validated).
+    pub fn settings(&self) -> &str {
+        &self.settings
+    }
+
+    /// Asks the policy whether it accepts `settings`.
+    pub fn check_settings(&self, settings: &str) -> Result<(), LoadError> {
+        let owned = settings.to_owned();
+        match self.call(|b, store| b.cmkguard_policy_evaluator().call_validate_settings(store, &owned)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(LoadError::Settings(msg)),
+            Err(e) => Err(LoadError::Settings(format!("validate-settings failed: {e}"))),
+        }
+    }
+
+    /// Evaluates with the settings the policy was loaded with.
+    pub fn evaluate(&self, input: &PolicyInput) -> Result<Decision, EvalError> {
+        self.evaluate_with(input, Some(&self.settings))
+    }
+
+    /// Evaluates; `settings` overrides the input's settings when given. The decision is
+    /// validated against the input.
+    pub fn evaluate_with(&self, input: &PolicyInput, settings: Option<&str>) -> Result<Decision, EvalError> {
+        let wit_input = crate::convert::input(input, settings)?;
+        let raw = self.call(|b, store| b.cmkguard_policy_evaluator().call_evaluate(store, &wit_input))?;
+        let decision = crate::convert::decision(raw.map_err(|m| EvalError::Policy(truncate(m, 2048)))?);
+        validate(&decision, input, &self.engine.inner.limits.decision).map_err(EvalError::InvalidDecision)?;
+        Ok(decision)
+    }
+
+    /// Runs `f` on a fresh instance in a fresh store, under the deadline and caps.
+    fn call<R>(&self, f: impl FnOnce(&Bindings, &mut Store<Sandbox>) -> wasmtime::Result<R>) -> Result<R, EvalError> {
+        let inner = &self.engine.inner;
+        let sandbox = Sandbox {
+            memory_cap: inner.limits.memory_bytes,
+            table_cap: inner.limits.table_elements,
+            memory_hit: false,
+            logged: 0,
+            policy: Arc::from(self.reference.name.as_str()),
+        };
+        let mut store = Store::new(&inner.engine, sandbox);
+        store.limiter(|s| s);
+        store.set_epoch_deadline(inner.deadline_ticks);
+        self.pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &store, inner, true))
+            .and_then(|bindings| f(&bindings, &mut store).map_err(|e| classify(e, &store, inner, false)))
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+fn classify(e: wasmtime::Error, store: &Store<Sandbox>, inner: &EngineInner, instantiating: bool) -> EvalError {
+    if store.data().memory_hit {
+        return EvalError::MemoryLimit(inner.limits.memory_bytes >> 20);
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => EvalError::Timeout(inner.limits.timeout.as_millis() as u64),
+        Some(Trap::StackOverflow) => EvalError::StackOverflow,
+        Some(trap) => EvalError::Trap(format!("{trap}: {}", truncate(format!("{e:#}"), 1024))),
+        None if instantiating => EvalError::Instantiate(truncate(format!("{e:#}"), 1024)),
+        None => EvalError::Trap(truncate(format!("{e:#}"), 1024)),
+    }
+}

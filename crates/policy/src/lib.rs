@@ -1,0 +1,37 @@
+//! The sandboxed WebAssembly policy engine: loads a policy component, evaluates
+//! [`cmkguard_model::PolicyInput`] into a validated [`cmkguard_model::Decision`].
+//!
+//! - [`engine`]: wasmtime configuration and the per-evaluation sandbox (fresh store,
+//!   pooled instance, epoch deadline, memory/stack caps) and the loaded [`Policy`].
+//! - [`cache`]: precompiled artifacts on disk, verified before use.
+//! - [`source`]: file / pinned https URL / manifest; HTTP is the caller's ([`Fetch`]).
+//! - [`reload`]: the serving policy and hot reload ([`PolicyHost`]).
+//! - [`validate`]: the host's checks of every decision.
+//!
+//! The contract is `wit/` at the workspace root (`cmkguard:policy@1.0.0`).
+
+pub mod cache;
+mod convert;
+pub mod engine;
+pub mod error;
+pub mod reload;
+pub mod sample;
+pub mod source;
+pub mod testcase;
+pub mod validate;
+
+pub use engine::{CONTRACT_VERSION, Limits, LoadInfo, Policy, PolicyEngine};
+pub use error::{EvalError, LoadError};
+pub use reload::{PolicyHost, Refresh};
+pub use source::{Fetch, Manifest, PolicySource};
+
+/// The default policy (`policy-wasm/default`), built into a component by `build.rs`.
+pub const DEFAULT_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));
+
+/// Where `build.rs` put the built policy components (default and template).
+pub const COMPONENTS_DIR: &str = env!("CMKGUARD_POLICY_COMPONENTS");
+
+#[allow(missing_docs)]
+mod bindings {
+    wasmtime::component::bindgen!({ path: "../../wit", world: "policy" });
+}
