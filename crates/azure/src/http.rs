@@ -409,7 +409,7 @@ impl AzureHttp {
                         message: "401 without a Bearer challenge naming a resource".into(),
                     });
                 };
-                self.verify_challenge(call.operation, service, &challenge)?;
+                let challenge = self.verify_challenge(call.operation, service, &challenge)?;
                 if let Some(old) = &cached {
                     self.tokens.invalidate(&old.resource).await;
                 }
@@ -419,21 +419,37 @@ impl AzureHttp {
         }
     }
 
-    /// A challenge may only ask for this cloud's Key Vault (or Managed HSM) audience:
-    /// a server must not choose which token we send it.
-    fn verify_challenge(&self, operation: &'static str, service: Service, ch: &Challenge) -> Result<(), AzureError> {
+    /// A challenge may only ask for this cloud's Key Vault (or Managed HSM) audience (a
+    /// port on the resource is tolerated: local stand-ins add theirs): a server must not
+    /// choose which token we send it. Returns the challenge with the profile's audience,
+    /// which is what the token is then requested for.
+    fn verify_challenge(
+        &self,
+        operation: &'static str,
+        service: Service,
+        ch: &Challenge,
+    ) -> Result<Challenge, AzureError> {
         let p = self.profile();
         let expected = match service {
             Service::ManagedHsm => &p.managed_hsm_audience,
             _ => &p.key_vault_audience,
         };
-        if ch.resource.trim_end_matches('/').eq_ignore_ascii_case(expected.trim_end_matches('/')) {
-            Ok(())
+        let refuse = || AzureError::Challenge {
+            operation,
+            message: format!("challenge asks for resource {:?}, expected {expected:?}", ch.resource),
+        };
+        let (Ok(got), Ok(want)) = (Url::parse(&ch.resource), Url::parse(expected)) else {
+            return Err(refuse());
+        };
+        let port_ok = got.port().is_none() || got.port() == want.port() || got.port() == p.port;
+        if got.scheme() == want.scheme()
+            && got.host_str() == want.host_str()
+            && port_ok
+            && got.path().trim_end_matches('/') == want.path().trim_end_matches('/')
+        {
+            Ok(Challenge { resource: expected.trim_end_matches('/').to_owned(), tenant: ch.tenant.clone() })
         } else {
-            Err(AzureError::Challenge {
-                operation,
-                message: format!("challenge asks for resource {:?}, expected {expected:?}", ch.resource),
-            })
+            Err(refuse())
         }
     }
 
@@ -592,6 +608,38 @@ mod tests {
         assert!(e.to_string().contains("ResourceNotFound"), "{e}");
         let e = status_error("op", StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"<html>");
         assert!(e.is_retryable());
+    }
+
+    struct NoTokens;
+    #[async_trait::async_trait]
+    impl crate::credential::TokenSource for NoTokens {
+        async fn fetch(&self, audience: &str) -> Result<crate::AccessToken, AzureError> {
+            Err(AzureError::Credential { audience: audience.into(), message: "none".into(), retryable: false })
+        }
+        fn describe(&self) -> String {
+            "none".into()
+        }
+    }
+
+    #[test]
+    fn challenges_for_foreign_resources_are_refused() {
+        let http = AzureHttp::new(CloudProfile::public(), Arc::new(TokenCache::new(Arc::new(NoTokens)))).unwrap();
+        let ch = |r: &str| Challenge { resource: r.into(), tenant: Some("t".into()) };
+        let ok = http.verify_challenge("op", Service::KeyVault, &ch("https://vault.azure.net/")).unwrap();
+        assert_eq!(ok.resource, "https://vault.azure.net");
+        assert_eq!(ok.tenant.as_deref(), Some("t"));
+        for bad in [
+            "https://management.azure.com",
+            "https://evil.example",
+            "http://vault.azure.net",
+            "https://vault.azure.net.evil.com",
+            "https://vault.azure.net:8443",
+            "not a url",
+        ] {
+            assert!(http.verify_challenge("op", Service::KeyVault, &ch(bad)).is_err(), "{bad}");
+        }
+        assert!(http.verify_challenge("op", Service::ManagedHsm, &ch("https://vault.azure.net")).is_err());
+        assert!(http.verify_challenge("op", Service::ManagedHsm, &ch("https://managedhsm.azure.net")).is_ok());
     }
 
     proptest! {
