@@ -50,7 +50,13 @@ impl Received {
             ChannelKind::Slack => self.body.pointer("/blocks/0/text/text"),
             ChannelKind::Webhook => self.body.pointer("/data/title"),
         }?;
-        Some(t.as_str()?.replace('\u{200B}', ""))
+        let t = t.as_str()?.replace('\u{200B}', "");
+        // Slack headers start with the severity emoji code, e.g. `:red_circle: `.
+        let t = match t.strip_prefix(':').and_then(|r| r.split_once(": ")) {
+            Some((code, rest)) if self.kind == ChannelKind::Slack && !code.contains(' ') => rest.to_owned(),
+            _ => t,
+        };
+        Some(t)
     }
 
     /// The Teams Adaptive Card, if this is a Teams post.

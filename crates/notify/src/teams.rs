@@ -68,8 +68,11 @@ pub fn card(n: &Notification) -> Value {
     if !n.text.trim().is_empty() {
         body.push(json!({ "type": "TextBlock", "text": plain(&truncate(&n.text, 2000)), "wrap": true }));
     }
-    let mut facts: Vec<Value> =
-        n.facts().into_iter().map(|(t, v)| json!({ "title": t, "value": plain(&truncate(&v, 300)) })).collect();
+    // What it is about first (registry, key, expiry), then what was done, then context.
+    let fact = |t: &str, v: &str| json!({ "title": t, "value": plain(&truncate(v, 300)) });
+    let (about, context): (Vec<_>, Vec<_>) =
+        n.facts().into_iter().partition(|(t, _)| matches!(*t, "Registry" | "Key" | "Expires"));
+    let mut facts: Vec<Value> = about.iter().map(|(t, v)| fact(t, v)).collect();
     for (i, a) in n.actions.iter().enumerate() {
         let label = status_label(a.status);
         let value = if a.detail.is_empty() {
@@ -77,8 +80,9 @@ pub fn card(n: &Notification) -> Value {
         } else {
             format!("{label}: {} ({})", a.detail, a.action)
         };
-        facts.push(json!({ "title": if i == 0 { "Action" } else { "" }, "value": plain(&truncate(&value, 300)) }));
+        facts.push(fact(if i == 0 { "Action" } else { "" }, &value));
     }
+    facts.extend(context.iter().map(|(t, v)| fact(t, v)));
     if !facts.is_empty() {
         body.push(json!({ "type": "FactSet", "facts": facts, "spacing": "Medium" }));
     }
