@@ -98,7 +98,7 @@ def main() -> int:
                 why = "" if ok else f"expected exit 1 and {expect!r}, got exit {code}:\n{out}"
             print(f"{'ok  ' if ok else 'FAIL'} {name} ({stage})" + (f": {why}" if why else ""))
             passed, failed = passed + ok, failed + (not ok)
-    print(f"infra mutations: {passed} passed, {failed} failed")
+    print(f"mutations: {passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
 
 
