@@ -81,8 +81,8 @@ proptest! {
         let _ = events::decode_events_value(v.clone());
         let _ = functions::unwrap_strings(v.clone());
         let body = json!({"Data": {"event": v}}).to_string();
-        if let Ok(mut inv) = functions::parse_invocation(body.as_bytes()) {
-            let _ = inv.trigger_value().and_then(events::decode_events_value);
+        if let Ok(inv) = functions::parse_invocation(body.as_bytes()) {
+            let _ = inv.decode_trigger();
         }
     }
 

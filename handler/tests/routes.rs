@@ -335,3 +335,21 @@ async fn sweep_function_answers() {
     assert_eq!(status, 200, "{resp}");
     assert!(resp["Logs"].is_array());
 }
+
+#[tokio::test]
+async fn event_values_that_are_not_json_are_acknowledged_with_a_reason() {
+    let (app, rec) = app();
+    for (name, trigger, needle) in [
+        ("string that is not JSON", json!("{not json"), "string that is not valid JSON"),
+        ("plain word", json!("hello"), "string that is not valid JSON"),
+        ("a number", json!(5), "found a number"),
+        ("string of a number", json!("5"), "found a number"),
+        ("null", Value::Null, "found null"),
+    ] {
+        let (status, _, body) = send(&app, functions_request("KeyVaultEvents", invocation(trigger))).await;
+        assert_eq!(status, StatusCode::OK, "{name}: {body}");
+        let msg = body["ReturnValue"]["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{name}: {msg:?} should mention {needle:?}");
+    }
+    assert!(rec.take().is_empty());
+}

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::{ApiError, Stats, read_body, run_batch};
 use crate::AppState;
-use crate::events::{self, functions::parse_invocation};
+use crate::events::functions::parse_invocation;
 
 /// The functions this handler serves (folder names under `functions/`).
 pub const FUNCTIONS: &[&str] = &["KeyVaultEvents", "RegistryEvents", "Sweep"];
@@ -65,7 +65,7 @@ async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(headers, body, state.config.max_body_bytes).await?;
-    let mut invocation = parse_invocation(&bytes).map_err(ApiError::bad_request)?;
+    let invocation = parse_invocation(&bytes).map_err(ApiError::bad_request)?;
     if function == "Sweep" {
         // The timer's schedule status is in Data.timer; the sweep itself is not part of
         // this build yet, so the invocation is acknowledged and says so.
@@ -75,7 +75,7 @@ async fn handle(
             json!({"sweep": "not-run"}),
         ));
     }
-    let decoded = match invocation.trigger_value().and_then(events::decode_events_value) {
+    let decoded = match invocation.decode_trigger() {
         Ok(d) => d,
         Err(e) => {
             // Malformed event in a well-formed invocation: acknowledge, never redeliver.

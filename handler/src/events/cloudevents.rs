@@ -64,7 +64,14 @@ fn from_sdk(event: &cloudevents::Event) -> Result<Decoded, DecodeError> {
         source: Some(&source),
         time,
     };
-    domain::to_domain(header, data.as_ref()).map_err(at)
+    let raw = match &data {
+        Some(v) => Some(
+            serde_json::value::to_raw_value(v)
+                .map_err(|e| at(DecodeError::new(code::BAD_DATA, format!("data: {e}"))))?,
+        ),
+        None => None,
+    };
+    domain::to_domain(header, raw.as_deref()).map_err(at)
 }
 
 /// `scheme:` followed by something, per RFC 3986 (scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )).

@@ -7,7 +7,9 @@
 
 use chrono::{DateTime, Utc};
 use cmkguard_model::{Event, EventKind, KeyEvent, KeyId, RegistryWrite, ResourceId};
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{DecodeError, Decoded, Ignored, code};
 
@@ -31,8 +33,8 @@ pub struct Header<'a> {
     pub time: DateTime<Utc>,
 }
 
-/// Maps a decoded envelope and its data to a domain event, or says why it is ignored.
-pub fn to_domain(h: Header<'_>, data: Option<&Value>) -> Result<Decoded, DecodeError> {
+/// Maps a decoded envelope and its raw data to a domain event, or says why it is ignored.
+pub fn to_domain(h: Header<'_>, data: Option<&RawValue>) -> Result<Decoded, DecodeError> {
     let ignored =
         |reason| Ok(Decoded::Ignored(Ignored { id: h.id.to_owned(), event_type: h.event_type.to_owned(), reason }));
     let make = |kind| Event {
@@ -78,11 +80,16 @@ struct KvFields<'a> {
     exp: Option<&'a Value>,
 }
 
-fn key_event(h: &Header<'_>, data: Option<&Value>) -> Result<KeyEvent, DecodeError> {
-    let map = match data {
+fn key_event(h: &Header<'_>, data: Option<&RawValue>) -> Result<KeyEvent, DecodeError> {
+    // Key Vault data is small; a map is the simplest way to match its keys leniently.
+    let data: Option<Value> = match data {
+        Some(raw) => Some(serde_json::from_str(raw.get()).map_err(|e| bad(format!("data is not valid JSON: {e}")))?),
+        None => None,
+    };
+    let map = match &data {
+        Some(Value::Null) | None => return Err(bad("data is missing")),
         Some(Value::Object(m)) => m,
         Some(other) => return Err(bad(format!("data must be an object, found {}", super::json_kind(other)))),
-        None => return Err(bad("data is missing")),
     };
     let mut f = KvFields::default();
     for (k, v) in map {
@@ -182,35 +189,51 @@ fn opt_unix_time(v: Option<&Value>, field: &str) -> Result<Option<DateTime<Utc>>
     DateTime::from_timestamp(secs, 0).map(Some).ok_or_else(|| bad(format!("data.{field} {secs} is out of range")))
 }
 
+/// The part of `ResourceWriteSuccess` data cmkguard reads; the rest (kilobytes of claims
+/// and authorization) is skipped without being built.
+#[derive(Deserialize)]
+struct WriteData<'a> {
+    #[serde(rename = "operationName", borrow, default)]
+    operation_name: Option<&'a RawValue>,
+    #[serde(rename = "resourceUri", borrow, default)]
+    resource_uri: Option<&'a RawValue>,
+    #[serde(rename = "correlationId", borrow, default)]
+    correlation_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    claims: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    appid: Option<Value>,
+    #[serde(rename = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn", default)]
+    upn: Option<Value>,
+}
+
+fn data_str<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<Option<std::borrow::Cow<'a, str>>, DecodeError> {
+    super::raw_str(raw, &format!("data.{field}")).map_err(|e| bad(e.message))
+}
+
 /// A `ResourceWriteSuccess` whose operation is a registry write, or `None` for other writes.
-fn registry_write(data: Option<&Value>) -> Result<Option<RegistryWrite>, DecodeError> {
-    let map = match data {
-        Some(Value::Object(m)) => m,
-        Some(other) => return Err(bad(format!("data must be an object, found {}", super::json_kind(other)))),
-        None => return Err(bad("data is missing")),
-    };
-    let op = match map.get("operationName") {
-        Some(Value::String(s)) => s.trim(),
-        Some(other) => {
-            return Err(bad(format!("data.operationName must be a string, found {}", super::json_kind(other))));
-        }
-        None => return Err(bad("data.operationName is missing")),
-    };
-    if !op.eq_ignore_ascii_case(REGISTRY_WRITE_OPERATION) {
+fn registry_write(data: Option<&RawValue>) -> Result<Option<RegistryWrite>, DecodeError> {
+    let Some(raw) = data.filter(|r| r.get() != "null") else { return Err(bad("data is missing")) };
+    if !raw.get().starts_with('{') {
+        let v: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+        return Err(bad(format!("data must be an object, found {}", super::json_kind(&v))));
+    }
+    let d: WriteData<'_> = serde_json::from_str(raw.get()).map_err(|e| bad(format!("data is not valid: {e}")))?;
+    let op = data_str(d.operation_name, "operationName")?.ok_or_else(|| bad("data.operationName is missing"))?;
+    if !op.trim().eq_ignore_ascii_case(REGISTRY_WRITE_OPERATION) {
         return Ok(None);
     }
-    let uri = match map.get("resourceUri") {
-        Some(Value::String(s)) => s.trim(),
-        Some(other) => {
-            return Err(bad(format!("data.resourceUri must be a string, found {}", super::json_kind(other))));
-        }
-        None => return Err(bad("data.resourceUri is missing")),
-    };
-    let registry = ResourceId::parse_typed(uri, REGISTRY_TYPE).map_err(|e| bad(format!("data.resourceUri: {e}")))?;
-    let str_field =
-        |v: Option<&Value>| v.and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
-    let claims = map.get("claims");
-    let caller = str_field(claims.and_then(|c| c.get("appid")))
-        .or_else(|| str_field(claims.and_then(|c| c.get("http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn"))));
-    Ok(Some(RegistryWrite { registry, correlation_id: str_field(map.get("correlationId")), caller }))
+    let uri = data_str(d.resource_uri, "resourceUri")?.ok_or_else(|| bad("data.resourceUri is missing"))?;
+    let registry =
+        ResourceId::parse_typed(uri.trim(), REGISTRY_TYPE).map_err(|e| bad(format!("data.resourceUri: {e}")))?;
+    let non_empty =
+        |v: Option<Value>| v.and_then(|v| v.as_str().map(|s| s.trim().to_owned())).filter(|s| !s.is_empty());
+    let claims: Option<Claims> = d.claims.and_then(|c| serde_json::from_str(c.get()).ok());
+    let caller = claims.and_then(|c| non_empty(c.appid).or_else(|| non_empty(c.upn)));
+    let correlation_id = data_str(d.correlation_id, "correlationId").ok().flatten().map(|s| s.trim().to_owned());
+    Ok(Some(RegistryWrite { registry, correlation_id: correlation_id.filter(|s| !s.is_empty()), caller }))
 }

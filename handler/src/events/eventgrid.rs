@@ -1,36 +1,19 @@
 //! The Event Grid event schema: `id, topic, subject, eventType, eventTime, data,
 //! dataVersion, metadataVersion` (unknown keys ignored), and the subscription handshake.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 
-use super::{DecodeError, Decoded, code, domain};
+use super::{DecodeError, Decoded, Wire, code, domain, raw_str};
 
-/// The Event Grid envelope. `data` is kept as a value and decoded per event type.
-#[derive(Debug, Deserialize)]
-struct Envelope {
-    id: Option<serde_json::Value>,
-    #[serde(default)]
-    topic: Option<String>,
-    #[serde(default)]
-    subject: Option<String>,
-    #[serde(rename = "eventType")]
-    event_type: Option<serde_json::Value>,
-    #[serde(rename = "eventTime", default)]
-    event_time: Option<String>,
-    #[serde(default)]
-    data: Option<serde_json::Value>,
-}
-
-pub(super) fn decode(value: serde_json::Value) -> Result<Decoded, DecodeError> {
-    let env: Envelope = serde_json::from_value(value)
-        .map_err(|e| DecodeError::new(code::BAD_EVENT, format!("not an Event Grid event: {e}")))?;
-    let id = required_string(env.id, "id")?;
-    let event_type = required_string(env.event_type, "eventType")?;
+pub(super) fn decode(env: Wire<'_>) -> Result<Decoded, DecodeError> {
+    let id = required(raw_str(env.id, "id")?, "id")?;
+    let event_type = required(raw_str(env.event_type, "eventType")?, "eventType")?;
     let at = |e: DecodeError| e.at(format_args!("event {id:?} ({event_type})"));
     if event_type == domain::SUBSCRIPTION_VALIDATION {
-        let code = env
-            .data
+        let data: Option<serde_json::Value> = env.data.and_then(|d| serde_json::from_str(d.get()).ok());
+        let code = data
             .as_ref()
             .and_then(|d| d.get("validationCode"))
             .and_then(|c| c.as_str())
@@ -38,28 +21,26 @@ pub(super) fn decode(value: serde_json::Value) -> Result<Decoded, DecodeError> {
             .ok_or_else(|| at(DecodeError::new(code::BAD_DATA, "data.validationCode is missing")))?;
         return Ok(Decoded::Validation { id, validation_code: code.to_owned() });
     }
-    let time = match env.event_time.as_deref() {
-        Some(t) => parse_time(t, "eventTime").map_err(at)?,
+    let time = match raw_str(env.event_time, "eventTime").map_err(at)? {
+        Some(t) => parse_time(&t, "eventTime").map_err(at)?,
         None => return Err(at(DecodeError::new(code::BAD_EVENT, "eventTime is missing"))),
     };
+    let subject = raw_str(env.subject, "subject").map_err(at)?;
+    let topic = raw_str(env.topic, "topic").map_err(at)?;
     let header = domain::Header {
         id: &id,
         event_type: &event_type,
-        subject: env.subject.as_deref().unwrap_or_default(),
-        source: env.topic.as_deref(),
+        subject: subject.as_deref().unwrap_or_default(),
+        source: topic.as_deref(),
         time,
     };
-    domain::to_domain(header, env.data.as_ref()).map_err(at)
+    domain::to_domain(header, env.data).map_err(at)
 }
 
-fn required_string(v: Option<serde_json::Value>, field: &str) -> Result<String, DecodeError> {
+fn required(v: Option<Cow<'_, str>>, field: &str) -> Result<String, DecodeError> {
     match v {
-        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
-        Some(serde_json::Value::String(_)) => Err(DecodeError::new(code::BAD_EVENT, format!("{field} is empty"))),
-        Some(other) => Err(DecodeError::new(
-            code::BAD_EVENT,
-            format!("{field} must be a string, found {}", super::json_kind(&other)),
-        )),
+        Some(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        Some(_) => Err(DecodeError::new(code::BAD_EVENT, format!("{field} is empty"))),
         None => Err(DecodeError::new(code::BAD_EVENT, format!("{field} is missing"))),
     }
 }

@@ -9,8 +9,11 @@
 //!
 //! Decoding never panics; every failure is a [`DecodeError`] that says what and where.
 
+use std::borrow::Cow;
+
 use cmkguard_model::Event;
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 pub mod cloudevents;
 pub mod domain;
@@ -77,15 +80,24 @@ pub mod code {
 /// Decodes a JSON document holding one event or an array of events, in either the
 /// Event Grid or the CloudEvents schema (told apart per event by `specversion`).
 /// All events are decoded before any is acted on: one bad event fails the whole batch.
+///
+/// The fast path borrows: each event is split into raw fields and only the fields
+/// cmkguard reads are parsed (a `ResourceWriteSuccess` carries kilobytes of claims that
+/// are skipped, not built). When it fails, the document is parsed again in full so the
+/// error names the real problem (bad syntax, nesting too deep) first.
 pub fn decode_events_json(bytes: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
-    let value: serde_json::Value = parse_json(bytes)?;
-    decode_events_value(value)
+    decode_fast(bytes).map_err(|e| match parse_json(bytes) {
+        Err(syntax) => syntax,
+        Ok(_) => e,
+    })
 }
 
-/// As [`decode_events_json`], from an already parsed value.
-pub fn decode_events_value(value: serde_json::Value) -> Result<Vec<Decoded>, DecodeError> {
-    match value {
-        serde_json::Value::Array(items) => {
+fn decode_fast(bytes: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
+    let not_json = |e: serde_json::Error| DecodeError::new(code::NOT_JSON, format!("the body is not valid JSON: {e}"));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => Err(DecodeError::new(code::NOT_JSON, "the body is empty: expected JSON")),
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(not_json)?;
             if items.is_empty() {
                 return Err(DecodeError::new(
                     code::BAD_ENVELOPE,
@@ -95,35 +107,92 @@ pub fn decode_events_value(value: serde_json::Value) -> Result<Vec<Decoded>, Dec
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| decode_one(v).map_err(|e| e.at(format_args!("event {i}"))))
+                .map(|(i, r)| decode_raw(r).map_err(|e| e.at(format_args!("event {i}"))))
                 .collect()
         }
-        serde_json::Value::Object(_) => Ok(vec![decode_one(value)?]),
-        other => Err(DecodeError::new(
-            code::BAD_ENVELOPE,
-            format!("expected an event object or an array of events, found {}", json_kind(&other)),
-        )),
+        Some(b'{') => {
+            let raw: &RawValue = serde_json::from_slice(bytes).map_err(not_json)?;
+            Ok(vec![decode_raw(raw)?])
+        }
+        Some(_) => {
+            let v = parse_json(bytes)?;
+            Err(DecodeError::new(
+                code::BAD_ENVELOPE,
+                format!("expected an event object or an array of events, found {}", json_kind(&v)),
+            ))
+        }
     }
 }
 
-/// Decodes one event object, Event Grid or CloudEvents schema.
-pub fn decode_one(value: serde_json::Value) -> Result<Decoded, DecodeError> {
-    let serde_json::Value::Object(map) = &value else {
+/// As [`decode_events_json`], from an already parsed value.
+pub fn decode_events_value(value: serde_json::Value) -> Result<Vec<Decoded>, DecodeError> {
+    let bytes = serde_json::to_vec(&value).map_err(|e| DecodeError::new(code::NOT_JSON, e.to_string()))?;
+    decode_events_json(&bytes)
+}
+
+/// The envelope fields of either schema, borrowed from the input and parsed on demand.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct Wire<'a> {
+    #[serde(borrow, default)]
+    pub id: Option<&'a RawValue>,
+    #[serde(rename = "eventType", borrow, default)]
+    pub event_type: Option<&'a RawValue>,
+    #[serde(default)]
+    pub specversion: Option<serde::de::IgnoredAny>,
+    #[serde(borrow, default)]
+    pub topic: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub subject: Option<&'a RawValue>,
+    #[serde(rename = "eventTime", borrow, default)]
+    pub event_time: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
+}
+
+/// Decodes one event given as raw JSON.
+fn decode_raw(raw: &RawValue) -> Result<Decoded, DecodeError> {
+    let text = raw.get();
+    if !text.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
         return Err(DecodeError::new(
             code::BAD_EVENT,
-            format!("an event must be a JSON object, found {}", json_kind(&value)),
+            format!("an event must be a JSON object, found {}", json_kind(&v)),
         ));
-    };
-    if map.contains_key("specversion") {
+    }
+    let wire: Wire<'_> =
+        serde_json::from_str(text).map_err(|e| DecodeError::new(code::BAD_EVENT, format!("not an event: {e}")))?;
+    if wire.specversion.is_some() {
+        let value = serde_json::from_str(text).map_err(|e| DecodeError::new(code::NOT_JSON, e.to_string()))?;
         cloudevents::decode_structured(value)
-    } else if map.contains_key("eventType") {
-        eventgrid::decode(value)
+    } else if wire.event_type.is_some() {
+        eventgrid::decode(wire)
     } else {
         Err(DecodeError::new(
             code::BAD_EVENT,
             "neither an Event Grid event (no \"eventType\") nor a CloudEvent (no \"specversion\")",
         ))
     }
+}
+
+/// A raw JSON value that must be a string (or absent/null). Borrowed unless escaped.
+pub(crate) fn raw_str<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<Option<Cow<'a, str>>, DecodeError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get();
+    if text == "null" {
+        return Ok(None);
+    }
+    if !text.starts_with('"') {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+        return Err(DecodeError::new(code::BAD_EVENT, format!("{field} must be a string, found {}", json_kind(&v))));
+    }
+    let s: Cow<'a, str> = match serde_json::from_str::<&'a str>(text) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(
+            serde_json::from_str::<String>(text)
+                .map_err(|e| DecodeError::new(code::BAD_EVENT, format!("{field} is not a valid string: {e}")))?,
+        ),
+    };
+    Ok(Some(s))
 }
 
 /// Parses JSON with a clear message (serde_json refuses nesting deeper than 128 levels).
