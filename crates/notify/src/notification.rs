@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use cmkguard_model::outcome::{ActionOutcome, ActionStatus};
-use cmkguard_model::{KeyId, ResourceId, Severity};
+use cmkguard_model::{KeyId, PolicyInput, RegistryFacts, ResourceId, Severity};
 use serde::{Deserialize, Serialize};
 
 use crate::dedupe::DedupeKey;
@@ -156,6 +156,43 @@ impl Notification {
         }
     }
 
+    /// A notification about one policy input: the event (id and kind), the key (id,
+    /// version, expiry and days left from the input's `now`) and, when the input names
+    /// exactly one registry, that registry. Ids that do not parse are left out (they are
+    /// data from Azure; a message without a link beats no message).
+    pub fn from_input(
+        input: &PolicyInput,
+        severity: Severity,
+        title: impl Into<String>,
+        text: impl Into<String>,
+    ) -> Self {
+        let mut n = Self::new(severity, title, text, input.now).with_event(&input.event.id, &input.event.kind);
+        if let Some(k) = &input.key {
+            if let Ok(id) = KeyId::parse(&k.key_id) {
+                n.key = Some(KeyRef {
+                    name: k.name.clone(),
+                    id,
+                    version: Some(k.version.clone()).filter(|v| !v.is_empty()),
+                });
+            }
+            if let Some(exp) = k.expires {
+                n = n.with_expiry(exp);
+            }
+        }
+        if let [r] = input.registries.as_slice() {
+            n = n.with_registry_facts(r);
+        }
+        n
+    }
+
+    /// Sets the registry from its facts (skipped if its id does not parse).
+    pub fn with_registry_facts(mut self, r: &RegistryFacts) -> Self {
+        if let Ok(id) = ResourceId::parse(&r.id) {
+            self.registry = Some(RegistryRef { name: r.name.clone(), id });
+        }
+        self
+    }
+
     pub fn with_rule(mut self, rule_id: impl Into<String>) -> Self {
         self.rule_id = Some(rule_id.into());
         self
@@ -219,10 +256,11 @@ impl Notification {
         }
     }
 
-    /// The dedupe key `(rule, resource, key version)`; the rule defaults to the title
-    /// when the policy gave none.
+    /// The dedupe key `(rule, resource, key version)`. Without a rule id it falls back
+    /// to the event type (stable across daily and redelivered events), then the title.
     pub fn dedupe_key(&self) -> DedupeKey {
-        let rule = self.rule_id.as_deref().unwrap_or(&self.title);
+        let rule =
+            self.rule_id.as_deref().or(self.event.as_ref().map(|e| e.event_type.as_str())).unwrap_or(&self.title);
         let version = self.key.as_ref().and_then(|k| k.version.as_deref());
         DedupeKey::new(rule, &self.resource(), version)
     }
@@ -395,6 +433,36 @@ mod tests {
         assert_eq!(v["registry"]["name"], "contosoprod");
         assert!(v.get("portal").is_none(), "public portal is the default and not repeated");
         assert_eq!(serde_json::from_value::<Notification>(v).unwrap(), s);
+    }
+
+    #[test]
+    fn from_input_takes_event_key_expiry_and_the_single_registry() {
+        let input: PolicyInput = serde_json::from_value(serde_json::json!({
+            "event": { "kind": "key-near-expiry", "id": "e-1", "time": "2026-11-23T10:00:00Z", "subject": "k" },
+            "now": "2026-11-23T10:00:00Z",
+            "key": {
+                "key_id": "https://kv1.vault.azure.net/keys/cmk/0123456789abcdef0123456789abcdef",
+                "vault_uri": "https://kv1.vault.azure.net", "name": "cmk", "version": "0123456789abcdef0123456789abcdef",
+                "key_type": "RSA", "enabled": true, "expires": "2026-12-03T10:00:00Z", "vault": {}
+            },
+            "registries": [{
+                "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/r1",
+                "name": "r1", "sku": "Premium", "location": "westeurope", "encryption_enabled": true
+            }]
+        }))
+        .unwrap();
+        let n = Notification::from_input(&input, Severity::Medium, "t", "x");
+        assert_eq!(n.event.as_ref().unwrap().event_type, "key-near-expiry");
+        assert_eq!(n.key.as_ref().unwrap().name, "cmk");
+        assert_eq!(n.days_left, Some(10));
+        assert_eq!(n.registry.as_ref().unwrap().name, "r1");
+        // No rule id: dedupe on the event type, not on a title that changes daily.
+        let mut later = n.clone();
+        later.title = "other".into();
+        assert_eq!(n.dedupe_key(), later.dedupe_key());
+        let mut two = input.clone();
+        two.registries.push(two.registries[0].clone());
+        assert!(Notification::from_input(&two, Severity::Medium, "t", "x").registry.is_none());
     }
 
     #[test]

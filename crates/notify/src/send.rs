@@ -8,6 +8,7 @@
 //! misconfigured, and following it would send the payload somewhere unreviewed).
 //! Webhook URLs appear in logs and reasons as `scheme://host/…` only.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cmkguard_model::outcome::{ActionOutcome, ActionStatus};
@@ -163,16 +164,23 @@ impl Notifier {
     pub async fn send(&self, ch: &ChannelConfig, n: &Notification) -> Delivery {
         let span =
             tracing::info_span!("notify", channel = %ch.name, kind = %ch.kind, url = %ch.url, severity = %n.severity);
-        self.send_in_span(ch, n).instrument(span).await
+        let attempts = AtomicU32::new(0);
+        // The loop keeps to the budget by itself; this guard holds even if a step hangs.
+        let guard = self.retry.total_budget + Duration::from_millis(250);
+        match tokio::time::timeout(guard, self.send_in_span(ch, n, &attempts).instrument(span.clone())).await {
+            Ok(d) => d,
+            Err(_) => span.in_scope(|| self.give_up(ch, attempts.load(Ordering::Relaxed), "time budget spent".into())),
+        }
     }
 
-    async fn send_in_span(&self, ch: &ChannelConfig, n: &Notification) -> Delivery {
+    async fn send_in_span(&self, ch: &ChannelConfig, n: &Notification, counter: &AtomicU32) -> Delivery {
         let event_id = webhook::new_event_id();
         let rendered = render(ch.kind, n, &event_id);
         let deadline = Instant::now() + self.retry.total_budget;
         let mut attempts = 0u32;
         loop {
             attempts += 1;
+            counter.store(attempts, Ordering::Relaxed);
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return self.give_up(ch, attempts - 1, "time budget spent before the next attempt".into());

@@ -59,6 +59,11 @@ impl Received {
         Some(t)
     }
 
+    /// One line for a timeline: `teams ops: Key acr-cmk expires in 10 days`.
+    pub fn summary(&self) -> String {
+        format!("{} {}: {}", self.kind, self.channel, self.title().unwrap_or_else(|| "(no title)".into()))
+    }
+
     /// The Teams Adaptive Card, if this is a Teams post.
     pub fn adaptive_card(&self) -> Option<&Value> {
         (self.kind == ChannelKind::Teams).then(|| self.body.pointer("/attachments/0/content")).flatten()
