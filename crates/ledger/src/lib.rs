@@ -328,3 +328,140 @@ pub async fn open_with(
         Err(LedgerError::Config(format!("{url:?} is neither sqlite:PATH nor an https Blob container URL")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cmkguard_model::{Action, Finding, RotateTarget, Severity};
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        "\\PC{0,24}"
+    }
+
+    fn time() -> impl Strategy<Value = DateTime<Utc>> {
+        // 1970 .. 2100, microsecond precision (what both backends keep).
+        (0i64..4_102_444_800_000_000).prop_map(names::from_micros)
+    }
+
+    fn severity() -> impl Strategy<Value = Severity> {
+        proptest::sample::select(Severity::ALL.to_vec())
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            Just(Action::Audit),
+            (
+                text(),
+                prop_oneof![
+                    Just(RotateTarget::Versionless),
+                    Just(RotateTarget::LatestVersion),
+                    text().prop_map(RotateTarget::KeyId)
+                ]
+            )
+                .prop_map(|(registry, target)| Action::RotateRegistryKey { registry, target }),
+            text().prop_map(|key| Action::RotateVaultKey { key }),
+            (text(), severity(), text(), text()).prop_map(|(channel, severity, title, text)| Action::Notify {
+                channel,
+                severity,
+                title,
+                text
+            }),
+        ]
+    }
+
+    fn policy() -> impl Strategy<Value = PolicyRef> {
+        (text(), text(), "[0-9a-f]{64}").prop_map(|(name, version, digest)| PolicyRef { name, version, digest })
+    }
+
+    fn decided() -> impl Strategy<Value = Decided> {
+        let finding = (text(), severity(), text(), text()).prop_map(|(rule_id, severity, resource, message)| Finding {
+            rule_id,
+            severity,
+            resource,
+            message,
+        });
+        let decision = (proptest::collection::vec(finding, 0..3), proptest::collection::vec(action(), 0..3))
+            .prop_map(|(findings, actions)| Decision { findings, actions });
+        prop_oneof![
+            (policy(), decision).prop_map(|(policy, decision)| Decided::Decision { policy, decision }),
+            (proptest::option::of(policy()), text()).prop_map(|(policy, error)| Decided::PolicyError { policy, error }),
+        ]
+    }
+
+    fn outcome() -> impl Strategy<Value = ActionOutcome> {
+        let status = proptest::sample::select(vec![
+            ActionStatus::Done,
+            ActionStatus::WouldDo,
+            ActionStatus::Skipped,
+            ActionStatus::Pending,
+            ActionStatus::Failed,
+        ]);
+        (text(), text(), status, text()).prop_map(|(action, target, status, detail)| ActionOutcome {
+            action,
+            target,
+            status,
+            detail,
+        })
+    }
+
+    fn record() -> impl Strategy<Value = AuditRecord> {
+        (
+            (text(), text(), text(), time(), time()),
+            prop_oneof![Just("monitor".to_owned()), Just("enforce".to_owned())],
+            decided(),
+            proptest::collection::vec(outcome(), 0..4),
+        )
+            .prop_map(|((event_id, event_type, subject, event_time, recorded_at), mode, decided, actions)| {
+                AuditRecord { event_id, event_type, subject, event_time, recorded_at, mode, decided, actions }
+            })
+    }
+
+    proptest! {
+        /// Every record survives its stored JSON form unchanged.
+        #[test]
+        fn audit_record_json_round_trips(r in record()) {
+            let json = serde_json::to_string(&r).unwrap();
+            prop_assert_eq!(serde_json::from_str::<AuditRecord>(&json).unwrap(), r);
+        }
+
+        /// Truncated or altered JSON is refused with an error, never a panic or a wrong record.
+        #[test]
+        fn damaged_record_json_is_refused(r in record(), cut in 0usize..200) {
+            let json = serde_json::to_string(&r).unwrap();
+            let cut = cut.min(json.len().saturating_sub(1));
+            let mut end = cut;
+            while !json.is_char_boundary(end) { end -= 1; }
+            prop_assert!(serde_json::from_str::<AuditRecord>(&json[..end]).is_err());
+        }
+    }
+
+    #[test]
+    fn record_json_uses_documented_field_names() {
+        let r = AuditRecord {
+            event_id: "e1".into(),
+            event_type: "Microsoft.KeyVault.KeyNearExpiry".into(),
+            subject: "k".into(),
+            event_time: names::from_micros(0),
+            recorded_at: names::from_micros(1),
+            mode: "monitor".into(),
+            decided: Decided::PolicyError { policy: None, error: "trap".into() },
+            actions: vec![],
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        for k in ["eventId", "eventType", "subject", "eventTime", "recordedAt", "mode", "decided", "actions"] {
+            assert!(v.get(k).is_some(), "{k} missing in {v}");
+        }
+        assert_eq!(v["decided"]["outcome"], "policy-error");
+    }
+
+    #[tokio::test]
+    async fn open_names_what_is_wrong_with_the_url() {
+        let e = open("postgres://x", None).await.unwrap_err().to_string();
+        assert!(e.contains("postgres://x") && e.contains("sqlite:PATH"), "{e}");
+        let e = open("sqlite:", None).await.unwrap_err().to_string();
+        assert!(e.contains("file path"), "{e}");
+        let e = open("https://acct.blob.core.windows.net/c", None).await.unwrap_err().to_string();
+        assert!(e.contains("credential"), "{e}");
+    }
+}

@@ -596,3 +596,35 @@ impl Ledger for SqliteLedger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_corrupt_row_is_reported_with_its_event_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let ledger = SqliteLedger::open(&path, LedgerOptions::default()).await.unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("INSERT INTO records (event_id, recorded_at, body) VALUES ('evt-bad', 0, '{\"eventId\":')", [])
+            .unwrap();
+        let err = ledger.get("evt-bad").await.unwrap_err();
+        assert!(matches!(&err, LedgerError::Corrupt { item, .. } if item.contains("evt-bad")), "{err}");
+        assert!(!err.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn the_file_is_in_wal_mode_with_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let _ledger = SqliteLedger::open(&path, LedgerOptions::default()).await.unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(
+            open_connection(&path).unwrap().query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0)).unwrap(),
+            2
+        );
+    }
+}
