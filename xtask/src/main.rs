@@ -31,6 +31,10 @@ enum Command {
         /// Ship this binary instead of the one under target/.
         #[arg(long, conflicts_with = "target")]
         binary: Option<PathBuf>,
+        /// Also ship this policy component as `policy/<file name>` (repeatable); point the
+        /// CMKGUARD_POLICY app setting at `policy/<file name>` (relative to the app root) to use it.
+        #[arg(long = "policy", value_name = "FILE")]
+        policies: Vec<PathBuf>,
     },
     /// Unzip a package, check the layout the Functions host expects, start the binary as the
     /// host would (FUNCTIONS_CUSTOMHANDLER_PORT) and expect an answer to `GET /`.
@@ -46,7 +50,9 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Package { out, target, binary } => package::run(&out, target.as_deref(), binary.as_deref()),
+        Command::Package { out, target, binary, policies } => {
+            package::run(&out, target.as_deref(), binary.as_deref(), &policies)
+        }
         Command::VerifyPackage { zip, wait_secs } => verify::run(&zip, std::time::Duration::from_secs(wait_secs)),
     };
     if let Err(e) = result {

@@ -30,7 +30,7 @@ struct Entry {
     mode: u32,
 }
 
-pub fn run(out: &Path, target: Option<&str>, binary: Option<&Path>) -> Result<()> {
+pub fn run(out: &Path, target: Option<&str>, binary: Option<&Path>, policies: &[PathBuf]) -> Result<()> {
     let root = repo_root();
     let binary = match binary {
         Some(b) => b.to_path_buf(),
@@ -72,6 +72,22 @@ pub fn run(out: &Path, target: Option<&str>, binary: Option<&Path>) -> Result<()
         entries.push(Entry { name: "policy/default-policy.wasm".into(), bytes: read(&policy)?, mode: 0o644 });
     } else {
         println!("note: {} not built; the package relies on the policy embedded in the binary", policy.display());
+    }
+
+    for p in policies {
+        let bytes = read(p)?;
+        if bytes.get(..4) != Some(b"\0asm") {
+            bail!("{} is not a WebAssembly file", p.display());
+        }
+        let name = p.file_name().context("policy path has no file name")?.to_string_lossy().into_owned();
+        if entries.iter().any(|e| e.name == format!("policy/{name}")) {
+            bail!("policy/{name} is already in the package");
+        }
+        println!(
+            "policy/{name}: sha256 {} (set CMKGUARD_POLICY_SHA256 to pin it)",
+            hex::encode(Sha256::digest(&bytes))
+        );
+        entries.push(Entry { name: format!("policy/{name}"), bytes, mode: 0o644 });
     }
 
     let manifest = serde_json::json!({
