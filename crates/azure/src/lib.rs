@@ -7,7 +7,8 @@
 //! - [`arm`], [`keyvault`], [`graph`]: the clients;
 //! - [`facts`]: Azure documents → the policy's facts;
 //! - [`enrich`]: event → policy input;
-//! - [`permissions`]: the RBAC actions each call needs.
+//! - [`permissions`]: the RBAC actions each call needs;
+//! - [`doctor`]: post-deployment checks of all of the above.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use std::time::Duration;
 pub mod arm;
 pub mod cloud;
 pub mod credential;
+pub mod doctor;
 pub mod enrich;
 pub mod error;
 pub mod facts;

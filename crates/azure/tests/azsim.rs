@@ -369,3 +369,60 @@ async fn enricher_builds_the_policy_input() {
     let e = enricher.enrich(&evil, now).await.unwrap_err();
     assert_eq!(e.class(), Class::Terminal, "{e}");
 }
+
+#[tokio::test]
+async fn doctor_checks_against_azsim() {
+    use cmkguard_azure::doctor::{self, DoctorInput, Status};
+    let env = clients(start(Options::default()).await);
+    let sim = &env.sim;
+    let input = DoctorInput { subscriptions: vec![sub()], per_check: Duration::from_secs(10), ..Default::default() };
+    let checks = doctor::run(&env.clients, &input).await;
+    let table = doctor::render(&checks);
+    assert!(checks.iter().all(|c| c.status != Status::Fail), "{table}");
+    // Keys were discovered from the registries: kv-demo's and kv-nopurge's.
+    assert!(
+        checks.iter().filter(|c| c.name.starts_with("read key") && c.status == Status::Pass).count() >= 4,
+        "{table}"
+    );
+    assert!(checks.iter().any(|c| c.name.starts_with("write permission") && c.status == Status::Skip), "{table}");
+    let token = env.clients.http.tokens().get(azsim::ARM_AUDIENCE).await.unwrap();
+    assert!(!table.contains(token.secret()), "no token in the table");
+
+    // A key that does not exist fails with a fix.
+    let missing = KeyId::parse(&sim.key_id("kv-demo", "no-such-key", None)).unwrap();
+    let input = DoctorInput { keys: vec![missing], ..input };
+    let checks = doctor::run(&env.clients, &input).await;
+    let bad = checks.iter().find(|c| c.name.starts_with("read key")).unwrap();
+    assert_eq!(bad.status, Status::Fail, "{}", doctor::render(&checks));
+    assert!(bad.fix.is_some());
+}
+
+#[tokio::test]
+async fn doctor_reports_a_broken_credential() {
+    use cmkguard_azure::doctor::{self, DoctorInput, Status};
+    let sim = start(Options { identity_header: Some("right".into()), ..Default::default() }).await;
+    let mut env = clients(sim);
+    // Same endpoint, wrong X-IDENTITY-HEADER: the platform's identity is not reachable.
+    let profile = common::profile(&env.sim);
+    let client = cmkguard_azure::http::build_client(&profile).unwrap();
+    let source = std::sync::Arc::new(common::MsiSource {
+        endpoint: env.sim.identity_endpoint(),
+        header: "wrong".into(),
+        client: client.clone(),
+        fetches: Default::default(),
+    });
+    let http = cmkguard_azure::AzureHttp::with_client(
+        profile,
+        std::sync::Arc::new(cmkguard_azure::TokenCache::new(source)),
+        client,
+    );
+    env.clients = cmkguard_azure::AzureClients::from_http(http);
+    let checks = doctor::run(
+        &env.clients,
+        &DoctorInput { subscriptions: vec![sub()], per_check: Duration::from_secs(5), ..Default::default() },
+    )
+    .await;
+    let token = checks.iter().find(|c| c.name.starts_with("token for ARM")).unwrap();
+    assert_eq!(token.status, Status::Fail);
+    assert!(token.fix.as_deref().unwrap().contains("AZURE_CLIENT_ID"));
+}

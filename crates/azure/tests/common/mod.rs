@@ -76,7 +76,12 @@ impl TokenSource for MsiSource {
             .await
             .map_err(|e| err(e.to_string()))?;
         if !r.status().is_success() {
-            return Err(err(format!("HTTP {}", r.status())));
+            let retryable = r.status().is_server_error();
+            return Err(AzureError::Credential {
+                audience: audience.to_owned(),
+                message: format!("HTTP {}", r.status()),
+                retryable,
+            });
         }
         let v: serde_json::Value = r.json().await.map_err(|e| err(e.to_string()))?;
         let token = v["access_token"].as_str().ok_or_else(|| err("no access_token".into()))?;
