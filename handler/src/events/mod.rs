@@ -97,6 +97,18 @@ fn decode_fast(bytes: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         None => Err(DecodeError::new(code::NOT_JSON, "the body is empty: expected JSON")),
         Some(b'[') => {
+            // One pass over a well-formed batch; the item-by-item path below only runs to
+            // find and name the bad item when this fails.
+            // (CloudEvents go item by item: the SDK needs each whole event.)
+            if let Ok(wires) = serde_json::from_slice::<Vec<Wire<'_>>>(bytes) {
+                if !wires.is_empty() && wires.iter().all(|w| w.specversion.is_none()) {
+                    return wires
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, w)| decode_wire(w, None).map_err(|e| e.at(format_args!("event {i}"))))
+                        .collect();
+                }
+            }
             let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(not_json)?;
             if items.is_empty() {
                 return Err(DecodeError::new(
@@ -161,8 +173,14 @@ fn decode_raw(raw: &RawValue) -> Result<Decoded, DecodeError> {
     }
     let wire: Wire<'_> =
         serde_json::from_str(text).map_err(|e| DecodeError::new(code::BAD_EVENT, format!("not an event: {e}")))?;
+    decode_wire(wire, Some(raw))
+}
+
+/// Decodes one event from its raw fields (`whole`: the event's JSON, needed for CloudEvents).
+fn decode_wire(wire: Wire<'_>, whole: Option<&RawValue>) -> Result<Decoded, DecodeError> {
     if wire.specversion.is_some() {
-        let value = serde_json::from_str(text).map_err(|e| DecodeError::new(code::NOT_JSON, e.to_string()))?;
+        let whole = whole.ok_or_else(|| DecodeError::new(code::BAD_EVENT, "a CloudEvent must be decoded whole"))?;
+        let value = serde_json::from_str(whole.get()).map_err(|e| DecodeError::new(code::NOT_JSON, e.to_string()))?;
         cloudevents::decode_structured(value)
     } else if wire.event_type.is_some() {
         eventgrid::decode(wire)
