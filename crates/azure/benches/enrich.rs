@@ -17,13 +17,17 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let spec = azsim::estate::EstateSpec { registries: 56, subscriptions: 1, resource_groups_per_subscription: 1, keys: 1 };
+    let spec =
+        azsim::estate::EstateSpec { registries: 56, subscriptions: 1, resource_groups_per_subscription: 1, keys: 1 };
     let sim = rt.block_on(common::start_with(azsim::estate::generate(&spec), azsim::Options::default()));
     let version = sim.key_versions("estate-kv", "cmk00").pop().expect("key version");
     let vault_id = {
         let reg = sim.registry_id("reg00001").expect("registry");
         let sub = reg.split('/').nth(2).expect("subscription").to_owned();
-        ResourceId::parse(&format!("/subscriptions/{sub}/resourceGroups/rg00/providers/Microsoft.KeyVault/vaults/estate-kv")).expect("vault id")
+        ResourceId::parse(&format!(
+            "/subscriptions/{sub}/resourceGroups/rg00/providers/Microsoft.KeyVault/vaults/estate-kv"
+        ))
+        .expect("vault id")
     };
     let event = Event {
         id: "bench".into(),
