@@ -8,8 +8,9 @@ use std::sync::Arc;
 async fn main() {
     let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).unwrap_or(18090);
     cmkguard::logging::init(cmkguard::config::LogFormat::Text, "warn");
-    let config = cmkguard::config::Config::from_args(["--port", &port.to_string(), "--webhook-key", "bench-key-0123456789"])
-        .expect("config");
+    let config =
+        cmkguard::config::Config::from_args(["--port", &port.to_string(), "--webhook-key", "bench-key-0123456789"])
+            .expect("config");
     let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
     let state = cmkguard::AppState::with_pipeline(config, cmkguard::pipeline::Pipeline::logging_only());
     eprintln!("bench_serve on {}", listener.local_addr().unwrap());
