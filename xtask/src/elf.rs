@@ -49,11 +49,16 @@ pub fn inspect(bytes: &[u8]) -> Result<Linkage> {
     let phnum = usize::from(u16_at(bytes, 56)?);
     let mut interpreter = None;
     for i in 0..phnum {
-        let ph = phoff + i * phentsize;
+        let ph =
+            i.checked_mul(phentsize).and_then(|o| o.checked_add(phoff)).context("program header offset overflows")?;
+        if ph.checked_add(40).is_none_or(|end| end > bytes.len()) {
+            bail!("program header {i} lies outside the file");
+        }
         if u32_at(bytes, ph)? == PT_INTERP {
             let off = usize::try_from(u64_at(bytes, ph + 8)?).context("interpreter offset")?;
             let len = usize::try_from(u64_at(bytes, ph + 32)?).context("interpreter size")?;
-            let raw = bytes.get(off..off + len).context("interpreter outside the file")?;
+            let end = off.checked_add(len).context("interpreter size overflows")?;
+            let raw = bytes.get(off..end).context("interpreter outside the file")?;
             interpreter = Some(String::from_utf8_lossy(raw).trim_end_matches('\0').to_owned());
         }
     }
@@ -101,6 +106,26 @@ mod tests {
         arm.resize(64, 0);
         arm[18] = 0xb7; // aarch64
         assert!(inspect(&arm).unwrap_err().to_string().contains("not x86-64"));
+    }
+
+    proptest::proptest! {
+        /// Any bytes: an answer or an error, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = inspect(&bytes);
+            let _ = newest_glibc(&bytes);
+        }
+
+        /// A real binary cut short or with a scribbled header: still no panic.
+        #[test]
+        fn damaged_binaries_never_panic(cut in 0usize..4096, at in 16usize..64, byte in proptest::prelude::any::<u8>()) {
+            let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+            let mut damaged = me[..cut.min(me.len())].to_vec();
+            if let Some(b) = damaged.get_mut(at) {
+                *b = byte;
+            }
+            let _ = inspect(&damaged);
+        }
     }
 
     #[test]
