@@ -713,20 +713,35 @@ fn resource_graph(w: &World, s: &Settings, ctx: &Ctx) -> http::Response<crate::h
     let vault_rows: Vec<Value> =
         w.vaults.values().filter(|v| in_scope(&v.subscription)).map(|v| w.vault_row(v)).collect();
     let rows = w.registries.values().filter(|r| in_scope(&r.subscription)).map(|r| &r.row).chain(vault_rows.iter());
-    let result = query.run(rows);
-    let total = result.len();
-    let page: Vec<Value> = result.into_iter().skip(skip).take(top).map(|c| c.into_owned()).collect();
-    let more = skip + page.len() < total;
-    let mut out = json!({
-        "totalRecords": total,
-        "count": page.len(),
-        "resultTruncated": if more && !query.projects_id() { "true" } else { "false" },
-        "facets": [],
-        "data": page,
-    });
-    if more && query.projects_id() {
-        let tok = SkipToken { skip: skip + top, q: fp };
-        out["$skipToken"] = json!(STANDARD.encode(serde_json::to_vec(&tok).unwrap_or_default()));
+    let page = query.page(rows, skip, top);
+    let more = skip + page.len() < page.total;
+    let out = RgResponse {
+        total_records: page.total,
+        count: page.len(),
+        result_truncated: if more && !query.projects_id() { "true" } else { "false" },
+        facets: [],
+        skip_token: (more && query.projects_id()).then(|| {
+            let tok = SkipToken { skip: skip + top, q: fp };
+            STANDARD.encode(serde_json::to_vec(&tok).unwrap_or_default())
+        }),
+        data: page,
+    };
+    // Serialized straight from the stored rows (no copy of the page).
+    match serde_json::to_vec(&out) {
+        Ok(bytes) => crate::http::json_bytes(200, bytes),
+        Err(e) => arm_error(500, "InternalServerError", &format!("serializing the page failed: {e}")),
     }
-    json_resp(200, &out)
+}
+
+/// Resource Graph's response body (2024-04-01).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RgResponse<'q, 'a> {
+    total_records: usize,
+    count: usize,
+    result_truncated: &'static str,
+    facets: [(); 0],
+    #[serde(rename = "$skipToken", skip_serializing_if = "Option::is_none")]
+    skip_token: Option<String>,
+    data: crate::kql::Page<'q, 'a>,
 }

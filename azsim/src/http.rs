@@ -106,7 +106,12 @@ impl Ctx {
 }
 
 pub fn json_resp(status: u16, v: &Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(v).unwrap_or_default())));
+    json_bytes(status, serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// A JSON response from already serialized bytes.
+pub fn json_bytes(status: u16, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
     r.headers_mut().insert("x-ms-request-id", hv(&uuid::Uuid::new_v4().to_string()));

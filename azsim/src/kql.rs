@@ -612,72 +612,167 @@ impl Query {
     /// Run over rows (each a JSON object), returning the result rows in order. Rows are
     /// borrowed until an operator needs to build new ones.
     pub fn run<'a>(&self, rows: impl Iterator<Item = &'a Value>) -> Vec<Cow<'a, Value>> {
-        let mut cur: Vec<Cow<'a, Value>> = Vec::new();
-        let mut ops = self.ops.as_slice();
-        // Fuse leading `where`s into the scan so untouched rows are never copied.
-        let mut leading = Vec::new();
-        while let [Op::Where(e), rest @ ..] = ops {
-            leading.push(e);
-            ops = rest;
-        }
-        for r in rows {
-            if leading.iter().all(|e| truthy(&eval(e, r))) {
-                cur.push(Cow::Borrowed(r));
-            }
-        }
-        for op in ops {
-            match op {
-                Op::Where(e) => cur.retain(|r| truthy(&eval(e, r))),
-                Op::Project(cols) => {
-                    cur = cur
-                        .into_iter()
-                        .map(|r| {
-                            let mut m = Map::new();
-                            for (name, e) in cols {
-                                m.insert(name.clone(), eval(e, &r).into_owned());
-                            }
-                            Cow::Owned(Value::Object(m))
-                        })
-                        .collect();
-                }
-                Op::Extend(cols) => {
-                    cur = cur
-                        .into_iter()
-                        .map(|r| {
-                            let extra: Vec<(String, Value)> =
-                                cols.iter().map(|(n, e)| (n.clone(), eval(e, &r).into_owned())).collect();
-                            let mut owned = r.into_owned();
-                            if let Value::Object(m) = &mut owned {
-                                for (n, v) in extra {
-                                    m.insert(n, v);
-                                }
-                            }
-                            Cow::Owned(owned)
-                        })
-                        .collect();
-                }
-                Op::OrderBy(keys) => {
-                    let mut keyed: Vec<(Vec<Value>, Cow<'a, Value>)> = cur
-                        .into_iter()
-                        .map(|r| (keys.iter().map(|(e, _)| eval(e, &r).into_owned()).collect(), r))
-                        .collect();
-                    keyed.sort_by(|(a, _), (b, _)| {
-                        for (i, (_, desc)) in keys.iter().enumerate() {
-                            let o = compare(&a[i], &b[i]);
-                            let o = if *desc { o.reverse() } else { o };
-                            if o != Ordering::Equal {
-                                return o;
-                            }
-                        }
-                        Ordering::Equal
-                    });
-                    cur = keyed.into_iter().map(|(_, r)| r).collect();
-                }
-                Op::Take(n) => cur.truncate(*n),
-            }
+        let mut cur = run_ops(&self.ops, rows);
+        if let Some(Op::Project(cols)) = self.ops.last() {
+            // run_ops leaves a final project to the caller (see `page`).
+            cur = cur.into_iter().map(|r| Cow::Owned(project_row(cols, &r))).collect();
         }
         cur
     }
+
+    /// Run and return rows `skip..skip+top` plus the total count. Projections and
+    /// extensions after the last filtering/sorting operator are applied to the page only,
+    /// and a final `project` is applied while serializing, borrowing from the rows.
+    pub fn page<'q, 'a>(&'q self, rows: impl Iterator<Item = &'a Value>, skip: usize, top: usize) -> Page<'q, 'a> {
+        let split = self
+            .ops
+            .iter()
+            .rposition(|op| matches!(op, Op::Where(_) | Op::OrderBy(_) | Op::Take(_)))
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let (head, tail) = self.ops.split_at(split);
+        let (tail, last_project) = match tail.split_last() {
+            Some((Op::Project(cols), rest)) => (rest, Some(cols.as_slice())),
+            _ => (tail, None),
+        };
+        let all = run_ops_full(head, rows);
+        let total = all.len();
+        let mut page: Vec<Cow<'a, Value>> = all.into_iter().skip(skip).take(top).collect();
+        for op in tail {
+            page = apply(op, page);
+        }
+        Page { total, rows: page, project: last_project }
+    }
+}
+
+/// One page of results; serializes as a JSON array of row objects.
+pub struct Page<'q, 'a> {
+    pub total: usize,
+    rows: Vec<Cow<'a, Value>>,
+    project: Option<&'q [(String, Expr)]>,
+}
+
+impl Page<'_, '_> {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+    /// The page as owned JSON rows.
+    pub fn into_values(self) -> Vec<Value> {
+        match self.project {
+            Some(cols) => self.rows.iter().map(|r| project_row(cols, r)).collect(),
+            None => self.rows.into_iter().map(Cow::into_owned).collect(),
+        }
+    }
+}
+
+struct Projected<'x> {
+    row: &'x Value,
+    cols: &'x [(String, Expr)],
+}
+
+impl serde::Serialize for Projected<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.cols.len()))?;
+        for (name, e) in self.cols {
+            m.serialize_entry(name, eval(e, self.row).as_ref())?;
+        }
+        m.end()
+    }
+}
+
+impl serde::Serialize for Page<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.rows.len()))?;
+        for r in &self.rows {
+            match self.project {
+                Some(cols) => seq.serialize_element(&Projected { row: r, cols })?,
+                None => seq.serialize_element(r.as_ref())?,
+            }
+        }
+        seq.end()
+    }
+}
+
+fn project_row(cols: &[(String, Expr)], r: &Value) -> Value {
+    let mut m = Map::new();
+    for (name, e) in cols {
+        m.insert(name.clone(), eval(e, r).into_owned());
+    }
+    Value::Object(m)
+}
+
+fn apply<'a>(op: &Op, cur: Vec<Cow<'a, Value>>) -> Vec<Cow<'a, Value>> {
+    let mut cur = cur;
+    match op {
+        Op::Where(e) => cur.retain(|r| truthy(&eval(e, r))),
+        Op::Project(cols) => cur = cur.into_iter().map(|r| Cow::Owned(project_row(cols, &r))).collect(),
+        Op::Extend(cols) => {
+            cur = cur
+                .into_iter()
+                .map(|r| {
+                    let extra: Vec<(String, Value)> =
+                        cols.iter().map(|(n, e)| (n.clone(), eval(e, &r).into_owned())).collect();
+                    let mut owned = r.into_owned();
+                    if let Value::Object(m) = &mut owned {
+                        for (n, v) in extra {
+                            m.insert(n, v);
+                        }
+                    }
+                    Cow::Owned(owned)
+                })
+                .collect();
+        }
+        Op::OrderBy(keys) => {
+            let mut keyed: Vec<(Vec<Value>, Cow<'a, Value>)> =
+                cur.into_iter().map(|r| (keys.iter().map(|(e, _)| eval(e, &r).into_owned()).collect(), r)).collect();
+            keyed.sort_by(|(a, _), (b, _)| {
+                for (i, (_, desc)) in keys.iter().enumerate() {
+                    let o = compare(&a[i], &b[i]);
+                    let o = if *desc { o.reverse() } else { o };
+                    if o != Ordering::Equal {
+                        return o;
+                    }
+                }
+                Ordering::Equal
+            });
+            cur = keyed.into_iter().map(|(_, r)| r).collect();
+        }
+        Op::Take(n) => cur.truncate(*n),
+    }
+    cur
+}
+
+/// All operators except a final `project` (left to the caller).
+fn run_ops<'a>(ops: &[Op], rows: impl Iterator<Item = &'a Value>) -> Vec<Cow<'a, Value>> {
+    match ops.split_last() {
+        Some((Op::Project(_), rest)) => run_ops_full(rest, rows),
+        _ => run_ops_full(ops, rows),
+    }
+}
+
+fn run_ops_full<'a>(ops: &[Op], rows: impl Iterator<Item = &'a Value>) -> Vec<Cow<'a, Value>> {
+    let mut cur: Vec<Cow<'a, Value>> = Vec::new();
+    let mut ops = ops;
+    // Fuse leading `where`s into the scan so untouched rows are never copied.
+    let mut leading = Vec::new();
+    while let [Op::Where(e), rest @ ..] = ops {
+        leading.push(e);
+        ops = rest;
+    }
+    for r in rows {
+        if leading.iter().all(|e| truthy(&eval(e, r))) {
+            cur.push(Cow::Borrowed(r));
+        }
+    }
+    for op in ops {
+        cur = apply(op, cur);
+    }
+    cur
 }
 
 fn lookup<'a>(row: &'a Value, segs: &[Seg]) -> Option<&'a Value> {
@@ -714,16 +809,19 @@ fn eval<'a>(e: &Expr, row: &'a Value) -> Cow<'a, Value> {
             })
         }
         Expr::Bin(l, op, r) => {
-            let (l, r) = (eval(l, row), eval(r, row));
-            Cow::Owned(Value::Bool(binary(&l, *op, &r)))
+            let b = match op {
+                BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
+                    binary(&eval(l, row), *op, &eval(r, row))
+                }
+                _ => string_op(&text(l, row), *op, &text(r, row)),
+            };
+            Cow::Owned(Value::Bool(b))
         }
         Expr::In { expr, list, case_insensitive, negated } => {
-            let v = eval(expr, row);
-            let t = as_text(&v);
+            let t = text(expr, row);
             let found = list.iter().any(|item| {
-                let i = eval(item, row);
-                let it = as_text(&i);
-                if *case_insensitive { t.eq_ignore_ascii_case(&it) } else { t == it }
+                let it = text(item, row);
+                if *case_insensitive { eq_ci(&t, &it) } else { t == it }
             });
             Cow::Owned(Value::Bool(found != *negated))
         }
@@ -758,18 +856,67 @@ fn lower_contains(hay: &str, needle: &str) -> bool {
     hay.to_lowercase().contains(&needle.to_lowercase())
 }
 
+/// The text form of an expression, borrowing from the row or the query where it can
+/// (string operators run over every row of a sweep).
+fn text<'x>(e: &'x Expr, row: &'x Value) -> Cow<'x, str> {
+    match e {
+        Expr::Str(s) => Cow::Borrowed(s.as_str()),
+        Expr::Path(segs) => lookup(row, segs).map(as_text).unwrap_or(Cow::Borrowed("")),
+        Expr::Call(Func::ToString, a) => text(a, row),
+        Expr::Call(Func::ToLower, a) => {
+            let t = text(a, row);
+            if t.is_ascii() && !t.bytes().any(|b| b.is_ascii_uppercase()) { t } else { Cow::Owned(t.to_lowercase()) }
+        }
+        other => Cow::Owned(as_text(&eval(other, row)).into_owned()),
+    }
+}
+
+fn eq_ci(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() { a.eq_ignore_ascii_case(b) } else { a.to_lowercase() == b.to_lowercase() }
+}
+
+fn starts_ci(a: &str, p: &str) -> bool {
+    if a.is_ascii() && p.is_ascii() {
+        a.len() >= p.len() && a.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+    } else {
+        a.to_lowercase().starts_with(&p.to_lowercase())
+    }
+}
+
+fn ends_ci(a: &str, p: &str) -> bool {
+    if a.is_ascii() && p.is_ascii() {
+        a.len() >= p.len() && a.as_bytes()[a.len() - p.len()..].eq_ignore_ascii_case(p.as_bytes())
+    } else {
+        a.to_lowercase().ends_with(&p.to_lowercase())
+    }
+}
+
+fn string_op(l: &str, op: BinOp, r: &str) -> bool {
+    match op {
+        BinOp::EqCi => eq_ci(l, r),
+        BinOp::NeCi => !eq_ci(l, r),
+        BinOp::Contains => lower_contains(l, r),
+        BinOp::NotContains => !lower_contains(l, r),
+        BinOp::ContainsCs => l.contains(r),
+        BinOp::StartsWith => starts_ci(l, r),
+        BinOp::NotStartsWith => !starts_ci(l, r),
+        BinOp::EndsWith => ends_ci(l, r),
+        _ => false,
+    }
+}
+
 fn binary(l: &Value, op: BinOp, r: &Value) -> bool {
     match op {
         BinOp::Eq => equal(l, r),
         BinOp::Ne => !equal(l, r),
-        BinOp::EqCi => as_text(l).to_lowercase() == as_text(r).to_lowercase(),
-        BinOp::NeCi => as_text(l).to_lowercase() != as_text(r).to_lowercase(),
-        BinOp::Contains => lower_contains(&as_text(l), &as_text(r)),
-        BinOp::NotContains => !lower_contains(&as_text(l), &as_text(r)),
-        BinOp::ContainsCs => as_text(l).contains(as_text(r).as_ref()),
-        BinOp::StartsWith => as_text(l).to_lowercase().starts_with(&as_text(r).to_lowercase()),
-        BinOp::NotStartsWith => !as_text(l).to_lowercase().starts_with(&as_text(r).to_lowercase()),
-        BinOp::EndsWith => as_text(l).to_lowercase().ends_with(&as_text(r).to_lowercase()),
+        BinOp::EqCi
+        | BinOp::NeCi
+        | BinOp::Contains
+        | BinOp::NotContains
+        | BinOp::ContainsCs
+        | BinOp::StartsWith
+        | BinOp::NotStartsWith
+        | BinOp::EndsWith => string_op(&as_text(l), op, &as_text(r)),
         BinOp::Lt => !l.is_null() && !r.is_null() && compare(l, r) == Ordering::Less,
         BinOp::Le => !l.is_null() && !r.is_null() && compare(l, r) != Ordering::Greater,
         BinOp::Gt => !l.is_null() && !r.is_null() && compare(l, r) == Ordering::Greater,
@@ -871,6 +1018,30 @@ mod tests {
         let e = Query::parse("Resources | project-away name").unwrap_err();
         assert!(e.to_string().contains("project-away"), "{e}");
         assert!(matches!(Query::parse("Resources | where name == 'x"), Err(KqlError::Syntax { .. })));
+    }
+
+    #[test]
+    fn page_equals_slice_of_run() {
+        let rows = rows();
+        for q in [
+            "Resources",
+            "Resources | project id, name",
+            "Resources | where name != 'x' | project id, n = tolower(name) | order by n asc",
+            "Resources | project id, name | where name startswith 'a' or name startswith 'g'",
+            "Resources | extend t = type | project id, t",
+            "Resources | order by name asc | extend lname = tolower(name)",
+        ] {
+            let q = Query::parse(q).unwrap();
+            let all: Vec<Value> = q.run(rows.iter()).into_iter().map(Cow::into_owned).collect();
+            for (skip, top) in [(0, 1), (1, 1), (0, 10), (2, 5), (5, 5)] {
+                let page = q.page(rows.iter(), skip, top);
+                assert_eq!(page.total, all.len());
+                let want: Vec<Value> = all.iter().skip(skip).take(top).cloned().collect();
+                let via_serde: Value = serde_json::to_value(q.page(rows.iter(), skip, top)).unwrap();
+                assert_eq!(via_serde, Value::Array(want.clone()));
+                assert_eq!(page.into_values(), want);
+            }
+        }
     }
 
     proptest! {
