@@ -15,6 +15,7 @@ use std::sync::Arc;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod decide;
 pub mod events;
 pub mod logging;
 pub mod pipeline;
@@ -30,7 +31,9 @@ pub struct AppState {
 impl AppState {
     /// Builds the state a server needs from validated configuration.
     pub async fn from_config(config: config::Config) -> Result<Self, String> {
-        Ok(Self { config, pipeline: pipeline::Pipeline::logging_only(), stats: api::Stats::default() })
+        let mut pipeline = pipeline::Pipeline::logging_only();
+        pipeline.decide = std::sync::Arc::new(decide::PolicyDecide::from_config(&config.policy).await?);
+        Ok(Self { config, pipeline, stats: api::Stats::default() })
     }
 
     /// State with a given pipeline (tests, the demo).

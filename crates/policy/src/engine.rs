@@ -41,6 +41,10 @@ pub struct Limits {
     pub instances: u32,
     /// Largest module accepted.
     pub module_bytes: usize,
+    /// Bytes at the start of each pooled linear memory that are reset in place (memset /
+    /// copy from the image) instead of being returned to the kernel: cheaper than the
+    /// page faults that would follow, up to a point (BENCHMARKS.md, "Policy").
+    pub keep_resident_bytes: usize,
     pub decision: DecisionLimits,
 }
 
@@ -53,6 +57,7 @@ impl Default for Limits {
             table_elements: 100_000,
             instances: 64,
             module_bytes: 64 << 20,
+            keep_resident_bytes: 64 << 10,
             decision: DecisionLimits::default(),
         }
     }
@@ -145,7 +150,7 @@ impl PolicyEngine {
             .max_memory_size(limits.memory_bytes)
             .table_elements(limits.table_elements)
             .max_component_instance_size(4 << 20)
-            .linear_memory_keep_resident(64 << 10)
+            .linear_memory_keep_resident(limits.keep_resident_bytes)
             .table_keep_resident(16 << 10);
         let mut config = Config::new();
         config

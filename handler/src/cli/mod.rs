@@ -5,6 +5,8 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod eval;
+pub mod policy;
 pub mod serve;
 
 /// cmkguard keeps Azure Container Registry customer-managed-key encryption healthy.
@@ -23,6 +25,10 @@ pub struct Cli {
 pub enum Command {
     /// Serve the Azure Functions custom-handler protocol (and direct webhook mode).
     Serve(serve::Args),
+    /// Run a policy on an event file and print the decision as JSON.
+    Eval(eval::Args),
+    /// Inspect, test and benchmark policy components.
+    Policy(policy::Args),
 }
 
 /// Process exit codes.
@@ -60,6 +66,8 @@ where
 pub async fn run(cli: Cli) -> u8 {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Eval(args) => eval::run(args).await,
+        Command::Policy(args) => policy::run(args).await,
     };
     match result {
         Ok(code) => code,
