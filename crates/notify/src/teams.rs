@@ -52,7 +52,8 @@ pub fn card(n: &Notification) -> Value {
     if let Some(r) = &n.registry {
         header_items.push(json!({
             "type": "TextBlock",
-            "text": plain(r.id.as_str()),
+            // As written: ARM ids cannot contain markdown link or bold syntax, and a reader may copy it.
+            "text": r.id.as_str(),
             "size": "Small",
             "isSubtle": true,
             "wrap": true,
@@ -162,6 +163,14 @@ mod tests {
     fn plain_neutralises_markdown() {
         assert_eq!(plain("a[b](c)"), "a[\u{200B}b](c)");
         assert!(!plain("**bold**").contains("**"));
+    }
+
+    #[test]
+    fn the_registry_id_can_be_copied_verbatim() {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap();
+        let id = "/subscriptions/s/resourceGroups/rg_a_b/providers/Microsoft.ContainerRegistry/registries/r1";
+        let n = sample(now).with_registry(cmkguard_model::ResourceId::parse(id).unwrap());
+        assert_eq!(card_of(&n)["body"][0]["items"][2]["text"], id);
     }
 
     #[test]
