@@ -328,15 +328,11 @@ fn policy_config(s: &Settings) -> Result<PolicyConfig, ConfigError> {
             ));
         }
     }
-    if let Some(d) = &s.policy_sha256 {
-        if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid("CMKGUARD_POLICY_SHA256", "must be 64 hex characters"));
-        }
+    if s.policy_sha256.as_ref().is_some_and(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Err(invalid("CMKGUARD_POLICY_SHA256", "must be 64 hex characters"));
     }
-    if let Some(m) = &s.policy_manifest {
-        if !m.starts_with("https://") {
-            return Err(invalid("CMKGUARD_POLICY_MANIFEST", "must be an https URL"));
-        }
+    if s.policy_manifest.as_ref().is_some_and(|m| !m.starts_with("https://")) {
+        return Err(invalid("CMKGUARD_POLICY_MANIFEST", "must be an https URL"));
     }
     match serde_json::from_str::<serde_json::Value>(&s.policy_settings) {
         Ok(serde_json::Value::Object(_)) => {}

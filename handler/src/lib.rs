@@ -12,10 +12,12 @@
 
 use std::sync::Arc;
 
+pub mod act;
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod decide;
+pub mod enrich;
 pub mod events;
 pub mod logging;
 pub mod pipeline;
@@ -33,6 +35,12 @@ impl AppState {
     pub async fn from_config(config: config::Config) -> Result<Self, String> {
         let mut pipeline = pipeline::Pipeline::logging_only();
         pipeline.decide = std::sync::Arc::new(decide::PolicyDecide::from_config(&config.policy).await?);
+        // A real deployment always has Azure; building the clients contacts nothing yet.
+        let enrich = enrich::AzureEnrich::from_config(&config)?;
+        // The act stage shares the enrich stage's Azure clients (one token cache, one pool).
+        let azure = enrich.enricher().clients().clone();
+        pipeline.enrich = std::sync::Arc::new(enrich);
+        pipeline.act = std::sync::Arc::new(act::ActStage::from_config(&config, Some(azure)).await?);
         Ok(Self { config, pipeline, stats: api::Stats::default() })
     }
 

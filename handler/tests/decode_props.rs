@@ -52,7 +52,7 @@ fn key_event() -> Value {
 
 fn decoded_event(v: Value) -> cmkguard_model::Event {
     match events::decode_events_value(v).expect("decodes").remove(0) {
-        Decoded::Event(e) => e,
+        Decoded::Event(e) => *e,
         other => panic!("{other:?}"),
     }
 }

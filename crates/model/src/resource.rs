@@ -40,10 +40,8 @@ impl ResourceId {
         let mut parts = trimmed.strip_prefix('/').ok_or_else(bad)?.split('/');
         let mut next = |label: Option<&str>| -> Result<String, IdError> {
             let seg = parts.next().ok_or_else(bad)?;
-            if let Some(l) = label {
-                if !seg.eq_ignore_ascii_case(l) {
-                    return Err(bad());
-                }
+            if label.is_some_and(|l| !seg.eq_ignore_ascii_case(l)) {
+                return Err(bad());
             }
             if seg.is_empty() {
                 return Err(bad());
@@ -60,7 +58,7 @@ impl ResourceId {
         let name = next(None)?;
         // Any further segments must come in type/name pairs.
         let rest: Vec<&str> = parts.collect();
-        if rest.len() % 2 != 0 || rest.iter().any(|p| p.is_empty()) {
+        if !rest.len().is_multiple_of(2) || rest.iter().any(|p| p.is_empty()) {
             return Err(bad());
         }
         Ok(Self {

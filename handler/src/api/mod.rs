@@ -116,12 +116,10 @@ pub(crate) async fn read_body(headers: &http::HeaderMap, body: Body, limit: usiz
             format!("the body is larger than the limit of {limit} bytes"),
         )
     };
-    if let Some(len) =
-        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(too_large());
-        }
+    let declared =
+        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
     }
     match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the body was not received in time")),

@@ -5,6 +5,10 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod audit;
+#[cfg(feature = "demo")]
+pub mod demo;
+pub mod doctor;
 pub mod eval;
 pub mod policy;
 pub mod serve;
@@ -25,10 +29,17 @@ pub struct Cli {
 pub enum Command {
     /// Serve the Azure Functions custom-handler protocol (and direct webhook mode).
     Serve(serve::Args),
+    /// Read the audit trail (list records, show one event's record).
+    Audit(audit::Args),
     /// Run a policy on an event file and print the decision as JSON.
     Eval(eval::Args),
     /// Inspect, test and benchmark policy components.
     Policy(policy::Args),
+    /// Check a deployment: configuration, identity, Azure permissions, chat channels.
+    Doctor(doctor::Args),
+    /// Run cmkguard end to end against a local Azure emulator (no Azure account needed).
+    #[cfg(feature = "demo")]
+    Demo(demo::Args),
 }
 
 /// Process exit codes.
@@ -66,8 +77,12 @@ where
 pub async fn run(cli: Cli) -> u8 {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
         Command::Eval(args) => eval::run(args).await,
         Command::Policy(args) => policy::run(args).await,
+        Command::Doctor(args) => doctor::run(args).await,
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => demo::run(args).await,
     };
     match result {
         Ok(code) => code,

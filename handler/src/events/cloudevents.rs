@@ -12,10 +12,10 @@ pub fn decode_structured(mut value: Value) -> Result<Decoded, DecodeError> {
     // Microsoft's own sample sends `"dataschema": "#"`, a relative reference the SDK refuses
     // (the spec wants an absolute URI). cmkguard does not use dataschema, so a relative one
     // is dropped rather than failing an event Azure really sends.
-    if let Some(obj) = value.as_object_mut() {
-        if obj.get("dataschema").and_then(Value::as_str).is_some_and(|s| !is_absolute_uri(s)) {
-            obj.remove("dataschema");
-        }
+    if let Some(obj) = value.as_object_mut()
+        && obj.get("dataschema").and_then(Value::as_str).is_some_and(|s| !is_absolute_uri(s))
+    {
+        obj.remove("dataschema");
     }
     let id_hint = value.get("id").and_then(Value::as_str).unwrap_or("?").to_owned();
     let event: cloudevents::Event = serde_json::from_value(value)

@@ -37,12 +37,14 @@ pub struct Header<'a> {
 pub fn to_domain(h: Header<'_>, data: Option<&RawValue>) -> Result<Decoded, DecodeError> {
     let ignored =
         |reason| Ok(Decoded::Ignored(Ignored { id: h.id.to_owned(), event_type: h.event_type.to_owned(), reason }));
-    let make = |kind| Event {
-        id: h.id.to_owned(),
-        time: h.time,
-        subject: h.subject.to_owned(),
-        event_type: h.event_type.to_owned(),
-        kind,
+    let make = |kind| {
+        Box::new(Event {
+            id: h.id.to_owned(),
+            time: h.time,
+            subject: h.subject.to_owned(),
+            event_type: h.event_type.to_owned(),
+            kind,
+        })
     };
     // Event types are matched case-insensitively: Event Grid filters are case-insensitive too.
     let ty = h.event_type;
@@ -116,10 +118,10 @@ fn key_event(h: &Header<'_>, data: Option<&RawValue>) -> Result<KeyEvent, Decode
         }
         *slot = Some(v);
     }
-    if let Some(t) = opt_str(f.object_type, "ObjectType")? {
-        if !t.eq_ignore_ascii_case("Key") {
-            return Err(bad(format!("data.ObjectType is {t:?} but a key event must be about a Key")));
-        }
+    if let Some(t) = opt_str(f.object_type, "ObjectType")?
+        && !t.eq_ignore_ascii_case("Key")
+    {
+        return Err(bad(format!("data.ObjectType is {t:?} but a key event must be about a Key")));
     }
     let id_text = req_str(f.id, "Id")?;
     let key_id = KeyId::parse(id_text).map_err(|e| bad(format!("data.Id: {e}")))?;

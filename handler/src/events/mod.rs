@@ -31,8 +31,8 @@ pub const HANDLED_EVENT_TYPES: &[(&str, &str)] = &[
 /// The outcome of decoding one event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
-    /// An event cmkguard acts on.
-    Event(Event),
+    /// An event cmkguard acts on (boxed: it is much larger than the other variants).
+    Event(Box<Event>),
     /// A well-formed event of a type (or operation) cmkguard does not act on.
     Ignored(Ignored),
     /// Event Grid's subscription-validation handshake (Event Grid schema).
@@ -100,14 +100,15 @@ fn decode_fast(bytes: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
             // One pass over a well-formed batch; the item-by-item path below only runs to
             // find and name the bad item when this fails.
             // (CloudEvents go item by item: the SDK needs each whole event.)
-            if let Ok(wires) = serde_json::from_slice::<Vec<Wire<'_>>>(bytes) {
-                if !wires.is_empty() && wires.iter().all(|w| w.specversion.is_none()) {
-                    return wires
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, w)| decode_wire(w, None).map_err(|e| e.at(format_args!("event {i}"))))
-                        .collect();
-                }
+            if let Ok(wires) = serde_json::from_slice::<Vec<Wire<'_>>>(bytes)
+                && !wires.is_empty()
+                && wires.iter().all(|w| w.specversion.is_none())
+            {
+                return wires
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, w)| decode_wire(w, None).map_err(|e| e.at(format_args!("event {i}"))))
+                    .collect();
             }
             let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(not_json)?;
             if items.is_empty() {

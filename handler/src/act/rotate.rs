@@ -1,0 +1,336 @@
+//! `rotate-registry-key` and `rotate-vault-key`.
+//!
+//! A registry rotation is refused unless its **preflight** holds (the target key is
+//! enabled, not expired, RSA or RSA-HSM, its vault has soft delete and purge protection,
+//! the registry has its key identity), does nothing when the registry already points at
+//! the desired key (this is what ends the loop when cmkguard's own PATCH comes back as a
+//! `ResourceWriteSuccess`), holds the registry's lease in the ledger while it changes it,
+//! leaves a registry that is `Updating` alone, and parks an ARM operation that outlasts
+//! the invocation as pending in the ledger ([`finish_pending`] completes it later).
+
+use chrono::Utc;
+use cmkguard_azure::arm::{OperationStatus, PendingOperation as ArmPending, PollKind, RotateOutcome, RotateRequest};
+use cmkguard_azure::{AzureError, Budget};
+use cmkguard_ledger::PendingOperation;
+use cmkguard_model::{Event, KeyFacts, KeyId, PolicyInput, RegistryFacts, ResourceId, RotateTarget};
+
+use super::{ActStage, LEASE_TTL, Retry, outcome};
+use crate::config::Mode;
+use crate::pipeline::{ActionOutcome, ActionStatus};
+
+const ROTATE_REGISTRY: &str = "rotate-registry-key";
+const ROTATE_VAULT: &str = "rotate-vault-key";
+
+/// Why a rotation is refused, or `None` when the preflight holds.
+pub fn preflight(registry: &RegistryFacts, key: &KeyFacts, now: chrono::DateTime<Utc>) -> Option<String> {
+    let mut why = Vec::new();
+    if !key.enabled {
+        why.push(format!("key {} is disabled", key.name));
+    }
+    if key.expires.is_some_and(|e| e <= now) {
+        why.push(format!("key {} has expired", key.name));
+    }
+    if !matches!(key.key_type.to_ascii_uppercase().as_str(), "RSA" | "RSA-HSM") {
+        why.push(format!("key {} is {}, not RSA or RSA-HSM", key.name, key.key_type));
+    }
+    if key.vault.soft_delete != Some(true) {
+        why.push(format!("soft delete is not confirmed on {}", key.vault_uri));
+    }
+    if key.vault.purge_protection != Some(true) {
+        why.push(format!("purge protection is not confirmed on {}", key.vault_uri));
+    }
+    if registry.identity.as_deref().is_none_or(str::is_empty) {
+        why.push(format!("registry {} has no key identity", registry.name));
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// The key id a registry should point at, from the target and the key facts.
+pub fn desired_key(target: &RotateTarget, registry: &RegistryFacts, key: &KeyFacts) -> Result<KeyId, String> {
+    let current = KeyId::parse(&key.key_id).map_err(|e| format!("key id {:?} does not parse: {e}", key.key_id))?;
+    let wanted = match target {
+        RotateTarget::Versionless => current.versionless(),
+        RotateTarget::LatestVersion => current.clone(),
+        RotateTarget::KeyId(k) => KeyId::parse(k).map_err(|e| format!("target key id {k:?} does not parse: {e}"))?,
+    };
+    if !wanted.same_key(&current) {
+        return Err(format!("target key {wanted} is not the key in the input ({})", current.versionless()));
+    }
+    if let Some(v) = wanted.version()
+        && !v.eq_ignore_ascii_case(&key.version)
+        && !matches!(target, RotateTarget::KeyId(_))
+    {
+        return Err(format!("version {v} is not the key's current version"));
+    }
+    if let Some(configured) = registry.key_identifier.as_deref().and_then(|k| KeyId::parse(k).ok())
+        && !configured.same_key(&wanted)
+    {
+        return Err(format!(
+            "registry {} uses another key ({}); cmkguard only moves a registry between versions of its own key",
+            registry.name,
+            configured.versionless()
+        ));
+    }
+    Ok(wanted)
+}
+
+fn azure_step(e: AzureError, what: &str) -> Result<ActionOutcome, Retry> {
+    if e.is_retryable() {
+        Err(Retry(format!("{what}: {e}")))
+    } else {
+        Ok(outcome(what, "", ActionStatus::Failed, e.to_string()))
+    }
+}
+
+fn encode_url(op: &ArmPending) -> String {
+    match op.kind {
+        PollKind::AsyncOperation => format!("async:{}", op.status_url),
+        PollKind::Location => format!("location:{}", op.status_url),
+    }
+}
+
+fn decode_url(registry: &str, stored: &str) -> ArmPending {
+    let (kind, url) = match stored.split_once(':') {
+        Some(("location", rest)) => (PollKind::Location, rest),
+        Some(("async", rest)) => (PollKind::AsyncOperation, rest),
+        _ => (PollKind::AsyncOperation, stored),
+    };
+    ArmPending { registry: registry.to_owned(), status_url: url.to_owned(), kind, not_before: Utc::now() }
+}
+
+/// `rotate-registry-key` for one registry of the input.
+pub async fn registry(
+    stage: &ActStage,
+    event: &Event,
+    input: &PolicyInput,
+    registry_id: &str,
+    target: &RotateTarget,
+) -> Result<ActionOutcome, Retry> {
+    let refuse = |detail: String| Ok(outcome(ROTATE_REGISTRY, registry_id, ActionStatus::Failed, detail));
+    let Some(reg) = input.registries.iter().find(|r| r.id.eq_ignore_ascii_case(registry_id)) else {
+        return refuse("refused: the registry is not in the policy's input".into());
+    };
+    let Some(key) = &input.key else {
+        return refuse("refused: no key facts for this registry (nothing to rotate to)".into());
+    };
+    if !reg.encryption_enabled {
+        return refuse(format!("refused: registry {} does not use a customer-managed key", reg.name));
+    }
+    let wanted = match desired_key(target, reg, key) {
+        Ok(k) => k,
+        Err(e) => return refuse(format!("refused: {e}")),
+    };
+    // Finish what an earlier event started on this registry before deciding anew.
+    if stage.mode == Mode::Enforce
+        && let Some(step) = resume_for(stage, reg).await?
+    {
+        return Ok(step);
+    }
+    let configured = reg.key_identifier.as_deref().and_then(|k| KeyId::parse(k).ok());
+    if configured.as_ref() == Some(&wanted) {
+        return Ok(outcome(
+            ROTATE_REGISTRY,
+            registry_id,
+            ActionStatus::Skipped,
+            format!("nothing to do: already on {wanted}"),
+        ));
+    }
+    if let Some(why) = preflight(reg, key, input.now) {
+        return refuse(format!("preflight failed: {why}"));
+    }
+    let from = reg.key_identifier.as_deref().unwrap_or("none");
+    if stage.mode == Mode::Monitor {
+        return Ok(outcome(
+            ROTATE_REGISTRY,
+            registry_id,
+            ActionStatus::WouldDo,
+            format!("would rotate {} from {from} to {wanted}", reg.name),
+        ));
+    }
+    if reg.provisioning_state.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("Updating")) {
+        return Err(Retry(format!("registry {} is Updating; not changing it now", reg.name)));
+    }
+    let Some(azure) = &stage.azure else {
+        return refuse("refused: no Azure clients configured".into());
+    };
+    let id = match ResourceId::parse(registry_id) {
+        Ok(id) => id,
+        Err(e) => return refuse(format!("refused: registry id does not parse: {e}")),
+    };
+    let lease = match stage.ledger.acquire_lease(registry_id, LEASE_TTL).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return Err(Retry(format!("registry {} is being changed by another invocation", reg.name))),
+        Err(e) => return Err(Retry(format!("lease: {e}"))),
+    };
+    let budget = Budget::new(stage.budget);
+    let req = RotateRequest { key_id: wanted.clone(), identity_client_id: None };
+    let result = azure.arm.rotate_key(&id, &req, &budget).await;
+    let step = match result {
+        Ok(RotateOutcome::AlreadyCurrent(_)) => Ok(outcome(
+            ROTATE_REGISTRY,
+            registry_id,
+            ActionStatus::Skipped,
+            format!("nothing to do: already on {wanted}"),
+        )),
+        Ok(RotateOutcome::Succeeded(_)) => Ok(outcome(
+            ROTATE_REGISTRY,
+            registry_id,
+            ActionStatus::Done,
+            format!("rotated {} from {from} to {wanted}", reg.name),
+        )),
+        Ok(RotateOutcome::Failed { code, message } | RotateOutcome::Canceled { code, message }) => Ok(outcome(
+            ROTATE_REGISTRY,
+            registry_id,
+            ActionStatus::Failed,
+            format!("ARM operation ended {}: {message}", code.unwrap_or_else(|| "without a code".into())),
+        )),
+        Ok(RotateOutcome::Pending(op)) => {
+            let pending = PendingOperation {
+                id: uuid::Uuid::new_v4().to_string(),
+                registry: registry_id.to_owned(),
+                action: ROTATE_REGISTRY.to_owned(),
+                operation_url: encode_url(&op),
+                started_at: Utc::now(),
+                target_key: wanted.to_string(),
+                event_id: event.id.clone(),
+            };
+            match stage.ledger.add_pending(&pending).await {
+                Ok(()) => Ok(outcome(
+                    ROTATE_REGISTRY,
+                    registry_id,
+                    ActionStatus::Pending,
+                    format!(
+                        "rotation of {} to {wanted} started; still running, finished by the sweep or the next event",
+                        reg.name
+                    ),
+                )),
+                Err(e) => Err(Retry(format!("recording the pending rotation: {e}"))),
+            }
+        }
+        Err(e) => azure_step(e, ROTATE_REGISTRY).map(|mut o| {
+            o.target = registry_id.to_owned();
+            o
+        }),
+    };
+    if let Err(e) = stage.ledger.release_lease(&lease).await {
+        tracing::warn!(registry = %registry_id, error = %e, "could not release the registry lease; it lapses by itself");
+    }
+    step
+}
+
+/// Polls this registry's pending rotation (if any) once. `Some(step)` when one is still
+/// running (nothing else may change the registry now); `None` when none is pending.
+async fn resume_for(stage: &ActStage, reg: &RegistryFacts) -> Result<Option<ActionOutcome>, Retry> {
+    let pending = stage.ledger.list_pending(Some(&reg.id)).await.map_err(|e| Retry(format!("ledger: {e}")))?;
+    for op in pending {
+        if let Some(step) = poll_pending(stage, &op).await? {
+            return Ok(Some(step));
+        }
+    }
+    Ok(None)
+}
+
+/// One poll of a parked rotation. Removes it when it ended; `Some(Pending)` while it runs.
+async fn poll_pending(stage: &ActStage, op: &PendingOperation) -> Result<Option<ActionOutcome>, Retry> {
+    let Some(azure) = &stage.azure else { return Ok(None) };
+    let arm_op = decode_url(&op.registry, &op.operation_url);
+    let budget = Budget::new(stage.budget);
+    let status = match azure.arm.poll_operation(&arm_op, &budget).await {
+        Ok(s) => s,
+        Err(e) => return Err(Retry(format!("polling the rotation of {}: {e}", op.registry))),
+    };
+    let done = |o: ActionOutcome| async move {
+        stage.ledger.complete_pending(&op.id).await.map_err(|e| Retry(format!("ledger: {e}")))?;
+        tracing::info!(registry = %op.registry, status = ?o.status, "pending rotation finished");
+        Ok::<_, Retry>(None)
+    };
+    match status {
+        OperationStatus::Running { .. } | OperationStatus::Unknown { .. } => Ok(Some(outcome(
+            ROTATE_REGISTRY,
+            &op.registry,
+            ActionStatus::Pending,
+            format!("rotation to {} (started by event {}) is still running", op.target_key, op.event_id),
+        ))),
+        OperationStatus::Succeeded => done(outcome(ROTATE_REGISTRY, &op.registry, ActionStatus::Done, "")).await,
+        OperationStatus::Failed { message, .. } | OperationStatus::Canceled { message, .. } => {
+            tracing::warn!(registry = %op.registry, %message, "pending rotation ended without success");
+            done(outcome(ROTATE_REGISTRY, &op.registry, ActionStatus::Failed, message)).await
+        }
+    }
+}
+
+/// What the sweep reports about parked rotations.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PendingStats {
+    pub finished: usize,
+    pub still_running: usize,
+    pub errors: usize,
+}
+
+/// Polls every parked rotation once; finished ones are removed from the ledger.
+pub async fn finish_pending(stage: &ActStage) -> PendingStats {
+    let mut stats = PendingStats::default();
+    let ops = match stage.ledger.list_pending(None).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list pending rotations");
+            stats.errors += 1;
+            return stats;
+        }
+    };
+    for op in ops {
+        match poll_pending(stage, &op).await {
+            Ok(Some(_)) => stats.still_running += 1,
+            Ok(None) => stats.finished += 1,
+            Err(Retry(m)) => {
+                tracing::warn!(registry = %op.registry, error = %m, "pending rotation not polled");
+                stats.errors += 1;
+            }
+        }
+    }
+    stats
+}
+
+/// `rotate-vault-key`: a new version of the input's key, only when the operator allowed
+/// it and the key has no rotation policy of its own. Lists every known dependent.
+pub async fn vault(stage: &ActStage, input: &PolicyInput, key_id: &str) -> Result<ActionOutcome, Retry> {
+    let refuse = |status: ActionStatus, detail: String| Ok(outcome(ROTATE_VAULT, key_id, status, detail));
+    let Some(key) = &input.key else {
+        return refuse(ActionStatus::Failed, "refused: no key facts in the input".into());
+    };
+    let (Ok(asked), Ok(known)) = (KeyId::parse(key_id), KeyId::parse(&key.key_id)) else {
+        return refuse(ActionStatus::Failed, format!("refused: key id {key_id:?} does not parse"));
+    };
+    if !asked.same_key(&known) {
+        return refuse(ActionStatus::Failed, "refused: the key is not the one in the policy's input".into());
+    }
+    let dependents: Vec<&str> = input.registries.iter().map(|r| r.id.as_str()).collect();
+    let deps = if dependents.is_empty() { "none known".to_owned() } else { dependents.join(", ") };
+    if !stage.enable_vault_key_rotation {
+        return refuse(
+            ActionStatus::Skipped,
+            format!("vault key rotation is not enabled (CMKGUARD_ENABLE_VAULT_KEY_ROTATION); dependents: {deps}"),
+        );
+    }
+    if key.has_rotation_policy {
+        return refuse(
+            ActionStatus::Skipped,
+            format!("key {} rotates by its own policy; dependents: {deps}", key.name),
+        );
+    }
+    if stage.mode == Mode::Monitor {
+        return refuse(
+            ActionStatus::WouldDo,
+            format!("would create a new version of {}; dependents: {deps}", key.name),
+        );
+    }
+    let Some(azure) = &stage.azure else {
+        return refuse(ActionStatus::Failed, "refused: no Azure clients configured".into());
+    };
+    let budget = Budget::new(stage.budget);
+    match azure.keyvault.rotate_key(&asked.versionless(), &budget).await {
+        Ok(bundle) => refuse(ActionStatus::Done, format!("new version {}; dependents: {deps}", bundle.key.kid)),
+        Err(e) if e.is_retryable() => Err(Retry(format!("{ROTATE_VAULT}: {e}"))),
+        Err(e) => refuse(ActionStatus::Failed, format!("{e}; dependents: {deps}")),
+    }
+}
