@@ -426,3 +426,23 @@ async fn doctor_reports_a_broken_credential() {
     assert_eq!(token.status, Status::Fail);
     assert!(token.fix.as_deref().unwrap().contains("AZURE_CLIENT_ID"));
 }
+
+#[tokio::test]
+async fn rotate_a_vault_key_and_read_a_version() {
+    let env = clients(start(Options::default()).await);
+    let (sim, kv) = (&env.sim, &env.clients.keyvault);
+    let key = KeyId::parse(&sim.key_id("kv-demo", "cmk-auto", None)).unwrap();
+    let before = sim.key_versions("kv-demo", "cmk-auto");
+    let rotated = kv.rotate_key(&key, &budget()).await.unwrap();
+    let new = KeyId::parse(&rotated.key.kid).unwrap();
+    let after = sim.key_versions("kv-demo", "cmk-auto");
+    assert_eq!(after.len(), before.len() + 1);
+    assert_eq!(new.version(), after.last().map(String::as_str));
+    // The latest is the new version; the old version can still be read by id.
+    assert_eq!(KeyId::parse(&kv.get_key(&key, &budget()).await.unwrap().key.kid).unwrap(), new);
+    let old = key.with_version(&before[0]);
+    assert_eq!(KeyId::parse(&kv.get_key(&old, &budget()).await.unwrap().key.kid).unwrap(), old);
+    // The versionless registry follows the new version.
+    let reg = env.clients.arm.get_registry(&registry(sim, "acrauto"), &budget()).await.unwrap();
+    assert_eq!(KeyId::parse(reg.facts.versioned_key_identifier.as_deref().unwrap()).unwrap(), new);
+}
