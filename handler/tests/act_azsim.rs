@@ -1,0 +1,241 @@
+//! The act stage against azsim in-process (real ARM / Key Vault / Resource Graph
+//! protocols), a SQLite ledger in a temp dir and the local chat sink: remediation,
+//! monitor mode, preflight refusals, redelivery, dedupe, policy failures, no loops.
+#![cfg(feature = "demo")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use azsim::{Azsim, Options, Running};
+use cmkguard::act::ActStage;
+use cmkguard::cli::demo;
+use cmkguard::config::Mode;
+use cmkguard::pipeline::{Act, ActionStatus, Decided, Pipeline, PolicyRef};
+use cmkguard_ledger::Ledger;
+use cmkguard_model::{Action, Decision, Event, EventKind, RegistryWrite, ResourceId, RotateTarget};
+use cmkguard_notify::sink::ChatSink;
+use serde_json::Value;
+
+struct Env {
+    sim: Running,
+    sink: ChatSink,
+    ledger: Arc<dyn Ledger>,
+    pipeline: Pipeline,
+    act: ActStage,
+    _dir: tempfile::TempDir,
+}
+
+async fn env(mode: Mode) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Azsim::start(demo::scenario().unwrap(), Options::default()).await.unwrap();
+    let sink = ChatSink::start().await.unwrap();
+    let db = dir.path().join("ledger.db");
+    let mut config = demo::local_config(mode, &db).unwrap();
+    config.channels = vec![demo::sink_channel(&sink, "ops")];
+    let ledger = cmkguard_ledger::open(&format!("sqlite:{}", db.display()), None).await.unwrap();
+    let clients = demo::azsim_clients(&sim, dir.path()).unwrap();
+    let pipeline = demo::pipeline(&config, clients.clone(), ledger.clone()).await.unwrap();
+    let act = ActStage::new(&config, ledger.clone(), Some(clients)).unwrap();
+    Env { sim, sink, ledger, pipeline, act, _dir: dir }
+}
+
+/// The decoded domain event for an Event Grid event azsim produced.
+fn decode(ev: &Value) -> Event {
+    let body = serde_json::to_vec(&serde_json::json!([ev])).unwrap();
+    match cmkguard::events::decode_events_json(&body).expect("decodes").into_iter().next() {
+        Some(cmkguard::events::Decoded::Event(e)) => *e,
+        other => panic!("not an event cmkguard acts on: {other:?}"),
+    }
+}
+
+fn key_of(sim: &Running, name: &str) -> String {
+    sim.registry(name).unwrap()["properties"]["encryption"]["keyVaultProperties"]["keyIdentifier"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn last_event(sim: &Running) -> Value {
+    sim.events().last().cloned().expect("an event")
+}
+
+fn write_event(sim: &Running, name: &str) -> Event {
+    let id = ResourceId::parse(&sim.registry_id(name).unwrap()).unwrap();
+    Event {
+        id: uuid::Uuid::new_v4().to_string(),
+        time: sim.now(),
+        subject: id.as_str().to_owned(),
+        event_type: "Microsoft.Resources.ResourceWriteSuccess".into(),
+        kind: EventKind::RegistryWritten(RegistryWrite { registry: id, correlation_id: None, caller: None }),
+    }
+}
+
+fn policy() -> PolicyRef {
+    PolicyRef { name: "test".into(), version: "1".into(), digest: "00".repeat(32) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_version_rotates_pinned_registries_and_leaves_versionless_alone() {
+    let e = env(Mode::Enforce).await;
+    let auto_before = key_of(&e.sim, "acrauto");
+    e.sim.rotate_key("kv-demo", "cmk-pinned");
+    let report = e.pipeline.handle(&decode(&last_event(&e.sim))).await.unwrap();
+    let rot: Vec<_> = report.actions.iter().filter(|a| a.action == "rotate-registry-key").collect();
+    assert_eq!(rot.len(), 1, "{:?}", report.actions);
+    assert_eq!(rot[0].status, ActionStatus::Done, "{:?}", rot[0]);
+    assert!(!key_of(&e.sim, "acrpinned").contains("482c3c34119042a9b7c998c0f70ea0a1"));
+    assert_eq!(key_of(&e.sim, "acrauto"), auto_before);
+    // The record is durable and names the policy.
+    let rec = e.ledger.get(&report.event_id).await.unwrap().expect("audit record");
+    assert_eq!(rec.mode, "enforce");
+    assert_eq!(rec.policy().unwrap().name, "cmkguard-default");
+
+    // cmkguard's own PATCH comes back: evaluated, nothing to do.
+    let own = e
+        .sim
+        .events()
+        .into_iter()
+        .rev()
+        .find(|v| v["eventType"] == "Microsoft.Resources.ResourceWriteSuccess")
+        .unwrap();
+    let patches = e.sim.calls(azsim::Route::ArmRegistryPatch);
+    let again = e.pipeline.handle(&decode(&own)).await.unwrap();
+    assert!(
+        again.actions.iter().all(|a| a.action != "rotate-registry-key" || a.status == ActionStatus::Skipped),
+        "{:?}",
+        again.actions
+    );
+    assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), patches, "no second PATCH: no loop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_expiry_delivered_three_times_notifies_once_and_acts_once() {
+    let e = env(Mode::Enforce).await;
+    e.sim.emit_key_event("Microsoft.KeyVault.KeyNearExpiry", "kv-demo", "cmk-expiring");
+    let ev = decode(&last_event(&e.sim));
+    let first = e.pipeline.handle(&ev).await.unwrap();
+    assert!(
+        first.actions.iter().any(|a| a.action == "notify" && a.status == ActionStatus::Done),
+        "{:?}",
+        first.actions
+    );
+    let patches = e.sim.calls(azsim::Route::ArmRegistryPatch);
+    for _ in 0..2 {
+        let r = e.pipeline.handle(&ev).await.unwrap();
+        assert_eq!(r.actions.len(), 1);
+        assert_eq!(r.actions[0].action, "redelivery");
+    }
+    // A new event id about the same key version (the next day's event) is deduplicated.
+    e.sim.emit_key_event("Microsoft.KeyVault.KeyNearExpiry", "kv-demo", "cmk-expiring");
+    let next = e.pipeline.handle(&decode(&last_event(&e.sim))).await.unwrap();
+    assert!(
+        next.actions.iter().any(|a| a.action == "notify" && a.status == ActionStatus::Skipped),
+        "{:?}",
+        next.actions
+    );
+    assert_eq!(e.sink.received_on("ops").len(), 1);
+    assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), patches);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_mode_changes_nothing_and_records_would_do() {
+    let e = env(Mode::Monitor).await;
+    e.sim.rotate_key("kv-demo", "cmk-pinned");
+    let before = key_of(&e.sim, "acrpinned");
+    let report = e.pipeline.handle(&decode(&last_event(&e.sim))).await.unwrap();
+    assert!(report.actions.iter().any(|a| a.status == ActionStatus::WouldDo), "{:?}", report.actions);
+    assert_eq!(key_of(&e.sim, "acrpinned"), before);
+    assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), 0);
+    let rec = e.ledger.get(&report.event_id).await.unwrap().unwrap();
+    assert_eq!(rec.mode, "monitor");
+    assert!(rec.actions.iter().any(|a| a.status == ActionStatus::WouldDo));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_failure_changes_nothing_and_records_why() {
+    let e = env(Mode::Enforce).await;
+    // acrweakvault's vault has no purge protection: a rotation must be refused.
+    let ev = write_event(&e.sim, "acrweakvault");
+    let input = e.pipeline.enrich.enrich(&ev, e.sim.now()).await.unwrap();
+    let key = input.key.as_ref().unwrap().key_id.clone();
+    let decided = Decided::Decision {
+        policy: policy(),
+        decision: Decision {
+            findings: vec![],
+            actions: vec![Action::RotateRegistryKey {
+                registry: input.registries[0].id.clone(),
+                target: RotateTarget::KeyId(key),
+            }],
+        },
+    };
+    let before = key_of(&e.sim, "acrweakvault");
+    let out = e.act.act(&ev, &input, &decided).await.unwrap();
+    assert_eq!(out[0].status, ActionStatus::Failed, "{out:?}");
+    assert!(out[0].detail.contains("purge protection"), "{}", out[0].detail);
+    assert_eq!(key_of(&e.sim, "acrweakvault"), before);
+    assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), 0);
+    let rec = e.ledger.get(&ev.id).await.unwrap().unwrap();
+    assert!(rec.actions[0].detail.contains("preflight failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_error_alerts_and_changes_nothing() {
+    let e = env(Mode::Enforce).await;
+    let ev = write_event(&e.sim, "acrpinned");
+    let input = e.pipeline.enrich.enrich(&ev, e.sim.now()).await.unwrap();
+    let decided = Decided::PolicyError { policy: Some(policy()), error: "trap: unreachable".into() };
+    let out = e.act.act(&ev, &input, &decided).await.unwrap();
+    assert!(out.iter().any(|a| a.action == "notify" && a.status == ActionStatus::Done), "{out:?}");
+    assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), 0);
+    let got = e.sink.wait_for(1, Duration::from_secs(5)).await;
+    assert!(got[0].title().unwrap_or_default().contains("policy failed"), "{:?}", got[0].title());
+    assert!(e.ledger.get(&ev.id).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_channel_and_unlisted_registry_are_refused_and_recorded() {
+    let e = env(Mode::Enforce).await;
+    let ev = write_event(&e.sim, "acrpinned");
+    let input = e.pipeline.enrich.enrich(&ev, e.sim.now()).await.unwrap();
+    let decided = Decided::Decision {
+        policy: policy(),
+        decision: Decision {
+            findings: vec![],
+            actions: vec![
+                Action::RotateRegistryKey {
+                    registry: e.sim.registry_id("acrauto").unwrap(),
+                    target: RotateTarget::Versionless,
+                },
+                Action::Notify {
+                    channel: "nowhere".into(),
+                    severity: cmkguard_model::Severity::High,
+                    title: "t".into(),
+                    text: "x".into(),
+                },
+            ],
+        },
+    };
+    let out = e.act.act(&ev, &input, &decided).await.unwrap();
+    assert_eq!(out[0].status, ActionStatus::Failed);
+    assert!(out[0].detail.contains("not in the policy's input"), "{}", out[0].detail);
+    assert_eq!(out[1].status, ActionStatus::Failed);
+    assert!(out[1].detail.contains("nowhere"), "{}", out[1].detail);
+    assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_rotation_is_retryable_and_resumes_on_redelivery() {
+    let e = env(Mode::Enforce).await;
+    e.sim.rotate_key("kv-demo", "cmk-pinned");
+    let ev = decode(&last_event(&e.sim));
+    e.sim.fail_next(azsim::Route::ArmRegistryPatch, 50, 503, None);
+    let err = e.pipeline.handle(&ev).await.unwrap_err();
+    assert_eq!(err.class, cmkguard::pipeline::ErrorClass::Retryable, "{err}");
+    e.sim.clear_faults();
+    let report = e.pipeline.handle(&ev).await.unwrap();
+    assert!(
+        report.actions.iter().any(|a| a.action == "rotate-registry-key" && a.status == ActionStatus::Done),
+        "{:?}",
+        report.actions
+    );
+}
