@@ -12,6 +12,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cmkguard_ledger::sqlite::SqliteLedger;
 use cmkguard_ledger::{Claim, Ledger, LedgerOptions};
 
 const RUNS: usize = 5;
@@ -45,18 +46,32 @@ fn summary(mut rates: Vec<f64>) -> (f64, f64, f64) {
 }
 
 async fn sqlite() {
-    println!("| backend | writers | events/run | median events/s | min | max | median µs/event |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (writers, total) in [(1, 2_000), (16, 20_000), (64, 40_000), (256, 60_000)] {
+    println!(
+        "| backend | writers | events/run | median events/s | min | max | median µs/event | writes/commit | writer busy | of which COMMIT |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (writers, total) in [(1, 2_000), (16, 20_000), (64, 40_000), (256, 80_000), (1024, 120_000)] {
         let mut rates = Vec::new();
+        let (mut commits, mut requests, mut busy, mut commit, mut wall) = (0, 0, 0, 0, 0.0);
         for run in 0..RUNS {
             let dir = tempfile::tempdir().unwrap();
-            let url = format!("sqlite:{}", dir.path().join("bench.db").display());
-            let ledger = cmkguard_ledger::open(&url, None).await.unwrap();
-            rates.push(rate(ledger, writers, total, run).await);
+            let ledger =
+                Arc::new(SqliteLedger::open(&dir.path().join("bench.db"), LedgerOptions::default()).await.unwrap());
+            let t = Instant::now();
+            rates.push(rate(ledger.clone(), writers, total, run).await);
+            wall += t.elapsed().as_secs_f64();
+            let (c, r) = ledger.writer_stats().snapshot();
+            let (b, cm) = ledger.writer_stats().busy();
+            (commits, requests, busy, commit) = (commits + c, requests + r, busy + b, commit + cm);
         }
         let (med, min, max) = summary(rates);
-        println!("| sqlite | {writers} | {total} | {med:.0} | {min:.0} | {max:.0} | {:.1} |", 1e6 / med);
+        let per_commit = requests as f64 / commits.max(1) as f64;
+        let busy_share = busy as f64 / 1e6 / wall * 100.0;
+        let commit_share = commit as f64 / busy.max(1) as f64 * 100.0;
+        println!(
+            "| sqlite | {writers} | {total} | {med:.0} | {min:.0} | {max:.0} | {:.1} | {per_commit:.1} | {busy_share:.0}% | {commit_share:.0}% |",
+            1e6 / med
+        );
     }
 }
 
@@ -71,7 +86,10 @@ async fn blob() {
             rates.push(rate(ledger, writers, total, run).await);
         }
         let (med, min, max) = summary(rates);
-        println!("| blob (Azurite) | {writers} | {total} | {med:.0} | {min:.0} | {max:.0} | {:.1} |", 1e6 / med);
+        println!(
+            "| blob (Azurite) | {writers} | {total} | {med:.0} | {min:.0} | {max:.0} | {:.1} | – | – | – |",
+            1e6 / med
+        );
     }
 }
 
