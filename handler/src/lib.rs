@@ -21,6 +21,7 @@ pub mod enrich;
 pub mod events;
 pub mod logging;
 pub mod pipeline;
+pub mod sweep;
 
 /// Shared by every request: configuration, the pipeline and counters.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub struct AppState {
     pub config: config::Config,
     pub pipeline: pipeline::Pipeline,
     pub stats: api::Stats,
+    /// The estate sweep (the `Sweep` function); `None` without Azure clients.
+    pub sweeper: Option<sweep::Sweeper>,
 }
 
 impl AppState {
@@ -40,12 +43,14 @@ impl AppState {
         // The act stage shares the enrich stage's Azure clients (one token cache, one pool).
         let azure = enrich.enricher().clients().clone();
         pipeline.enrich = std::sync::Arc::new(enrich);
-        pipeline.act = std::sync::Arc::new(act::ActStage::from_config(&config, Some(azure)).await?);
-        Ok(Self { config, pipeline, stats: api::Stats::default() })
+        let act = act::ActStage::from_config(&config, Some(azure.clone())).await?;
+        pipeline.act = std::sync::Arc::new(act.clone());
+        let sweeper = sweep::Sweeper { clients: azure, act, subscriptions: config.azure.subscriptions.clone() };
+        Ok(Self { config, pipeline, stats: api::Stats::default(), sweeper: Some(sweeper) })
     }
 
     /// State with a given pipeline (tests, the demo).
     pub fn with_pipeline(config: config::Config, pipeline: pipeline::Pipeline) -> Arc<Self> {
-        Arc::new(Self { config, pipeline, stats: api::Stats::default() })
+        Arc::new(Self { config, pipeline, stats: api::Stats::default(), sweeper: None })
     }
 }

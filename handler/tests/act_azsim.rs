@@ -239,3 +239,27 @@ async fn throttled_rotation_is_retryable_and_resumes_on_redelivery() {
         report.actions
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_evaluates_every_registry_in_monitor_mode_and_changes_nothing() {
+    let e = env(Mode::Monitor).await;
+    let clients = demo::azsim_clients(&e.sim, e._dir.path()).unwrap();
+    let sweeper = cmkguard::sweep::Sweeper { clients, act: e.act.clone(), subscriptions: vec![] };
+    let seen = std::sync::atomic::AtomicUsize::new(0);
+    let summary = sweeper
+        .run(&e.pipeline, |_, _| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .await
+        .unwrap();
+    assert_eq!(summary.registries, e.sim.registry_count());
+    assert_eq!(seen.into_inner(), summary.registries);
+    // acrnocmk (no CMK) and acrweakvault (no purge protection) have findings at least.
+    assert!(summary.findings.values().sum::<usize>() >= 2, "{summary:?}");
+    assert!(summary.compliant < summary.registries, "{summary:?}");
+    assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), 0);
+    assert!(summary.table().contains("compliant"));
+    // Every registry has its own audit record for this run.
+    let id = format!("sweep:{}:{}", summary.run_id, e.sim.registry_id("acrnocmk").unwrap().to_ascii_lowercase());
+    assert_eq!(e.ledger.get(&id).await.unwrap().unwrap().mode, "monitor");
+}

@@ -67,13 +67,37 @@ async fn handle(
     let bytes = read_body(headers, body, state.config.max_body_bytes).await?;
     let invocation = parse_invocation(&bytes).map_err(ApiError::bad_request)?;
     if function == "Sweep" {
-        // The timer's schedule status is in Data.timer; the sweep itself is not part of
-        // this build yet, so the invocation is acknowledged and says so.
-        tracing::info!("sweep requested");
-        return Ok(answer(
-            vec!["sweep: acknowledged (estate sweeps are not available in this build)".into()],
-            json!({"sweep": "not-run"}),
-        ));
+        // The timer's schedule status is in Data.timer; the sweep evaluates every registry
+        // and finishes parked rotations. Only a failure to list the estate is retried.
+        let Some(sweeper) = &state.sweeper else {
+            tracing::info!("sweep requested without Azure clients");
+            return Ok(answer(
+                vec!["sweep: not run (no Azure clients configured)".into()],
+                json!({"sweep": "not-run"}),
+            ));
+        };
+        return match sweeper.run(&state.pipeline, |_, _| {}).await {
+            Ok(summary) => {
+                tracing::info!(
+                    registries = summary.registries,
+                    compliant = summary.compliant,
+                    remediated = summary.remediated,
+                    failed = summary.failed,
+                    "sweep finished"
+                );
+                let log = format!(
+                    "cmkguard: sweep {}: {} registries, {} compliant, {} remediated, {} failed",
+                    summary.run_id, summary.registries, summary.compliant, summary.remediated, summary.failed
+                );
+                Ok(answer(vec![log], serde_json::to_value(&summary).unwrap_or(Value::Null)))
+            }
+            Err(e) if e.class == crate::pipeline::ErrorClass::Retryable => {
+                Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "retryable", e.to_string()))
+            }
+            Err(e) => {
+                Ok(answer(vec![format!("cmkguard: sweep failed: {e}")], json!({"sweep": "failed", "error": e.message})))
+            }
+        };
     }
     let decoded = match invocation.decode_trigger() {
         Ok(d) => d,

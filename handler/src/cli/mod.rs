@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod eval;
 pub mod policy;
 pub mod serve;
+pub mod sweep;
 
 /// cmkguard keeps Azure Container Registry customer-managed-key encryption healthy.
 ///
@@ -40,6 +41,8 @@ pub enum Command {
     /// Run cmkguard end to end against a local Azure emulator (no Azure account needed).
     #[cfg(feature = "demo")]
     Demo(demo::Args),
+    /// Evaluate every registry now (Resource Graph), as the Sweep timer does.
+    Sweep(sweep::Args),
 }
 
 /// Process exit codes.
@@ -83,6 +86,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Doctor(args) => doctor::run(args).await,
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args).await,
+        Command::Sweep(args) => sweep::run(args).await,
     };
     match result {
         Ok(code) => code,
