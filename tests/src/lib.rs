@@ -50,7 +50,12 @@ impl Server {
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut cmd = Command::new(cmkguard_bin());
-        cmd.arg("serve").args(args).env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string());
+        // Each server gets its own ledger in the temp dir unless the test names one.
+        let ledger = std::env::temp_dir().join(format!("cmkguard-e2e-{}-{port}.db", std::process::id()));
+        cmd.arg("serve")
+            .args(args)
+            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+            .env("CMKGUARD_LEDGER", format!("sqlite:{}", ledger.display()));
         for (k, v) in env {
             cmd.env(k, v);
         }

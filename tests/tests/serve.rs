@@ -16,7 +16,10 @@ async fn functions_host_protocol_end_to_end() {
     let ready = client.get(server.url("/")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 
-    // An invocation the way the host sends it: the event as a JSON string in Data.
+    // An invocation the way the host sends it: the event as a JSON string in Data. The
+    // handler enriches from Azure, which this machine cannot reach (no identity, no
+    // network): that is a failure a redelivery can fix, so the invocation fails with a 500
+    // and Event Grid will send the event again — it is never dropped.
     let body = json!({
         "Data": {"event": key_near_expiry_event().to_string()},
         "Metadata": {"sys": {"MethodName": "KeyVaultEvents", "UtcNow": "2026-11-23T10:00:00Z"}}
@@ -29,10 +32,17 @@ async fn functions_host_protocol_end_to_end() {
         .send()
         .await
         .unwrap();
+    assert_eq!(resp.status(), 500);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "retryable", "{v}");
+
+    // An event type cmkguard does not handle is acknowledged without touching Azure.
+    let ignored =
+        json!({"Data": {"event": fixture("eventgrid/containerregistry.ImagePushed.eventgrid.json")}, "Metadata": {}});
+    let resp = client.post(server.url("/RegistryEvents")).json(&ignored).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["ReturnValue"]["reports"][0]["kind"], "key-near-expiry", "{v}");
-    assert!(v["Logs"].as_array().is_some_and(|l| !l.is_empty()));
+    assert_eq!(v["ReturnValue"]["ignored"][0]["event_type"], "Microsoft.ContainerRegistry.ImagePushed", "{v}");
 
     // Direct webhook mode with an Event Grid subscription handshake.
     let validation = fixture("eventgrid/eventgrid.SubscriptionValidationEvent.docs-array.json");
@@ -63,9 +73,10 @@ async fn functions_host_protocol_end_to_end() {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
         .collect();
-    let decided: Vec<&Value> = lines.iter().filter(|l| l["message"] == "decided").collect();
-    assert_eq!(decided.len(), 1, "{logs}");
-    assert_eq!(decided[0]["span"]["invocation_id"], "e2e-invocation-42", "{logs}");
+    let retry: Vec<&Value> =
+        lines.iter().filter(|l| l["message"].as_str().is_some_and(|m| m.contains("retryable failure"))).collect();
+    assert_eq!(retry.len(), 1, "{logs}");
+    assert_eq!(retry[0]["span"]["invocation_id"], "e2e-invocation-42", "{logs}");
     assert!(lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("drained"))), "{logs}");
     assert!(!logs.contains(KEY), "the webhook key must never be logged");
 }
