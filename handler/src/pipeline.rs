@@ -125,12 +125,7 @@ pub struct EventOnly;
 impl Enrich for EventOnly {
     async fn enrich(&self, event: &Event, now: DateTime<Utc>) -> Result<PolicyInput, StageError> {
         Ok(PolicyInput {
-            event: EventInfo {
-                kind: event.kind.name().to_owned(),
-                id: event.id.clone(),
-                time: event.time,
-                subject: event.subject.clone(),
-            },
+            event: EventInfo::from(event),
             now,
             key: None,
             registries: Vec::new(),

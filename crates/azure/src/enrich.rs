@@ -80,18 +80,7 @@ impl Enricher {
             EventKind::RegistryWritten(w) => self.registry_and_key(&w.registry, false, &budget).await?,
             EventKind::Sweep { registry } => self.registry_and_key(registry, true, &budget).await?,
         };
-        Ok(PolicyInput {
-            event: EventInfo {
-                kind: event.kind.name().to_owned(),
-                id: event.id.clone(),
-                time: event.time,
-                subject: event.subject.clone(),
-            },
-            now,
-            key,
-            registries,
-            settings: self.settings.clone(),
-        })
+        Ok(PolicyInput { event: EventInfo::from(event), now, key, registries, settings: self.settings.clone() })
     }
 
     async fn registry_and_key(

@@ -42,6 +42,13 @@ pub struct EventInfo {
     pub subject: String,
 }
 
+impl From<&crate::Event> for EventInfo {
+    /// The event as the policy sees it: kind name, id, time and subject.
+    fn from(e: &crate::Event) -> Self {
+        Self { kind: e.kind.name().to_owned(), id: e.id.clone(), time: e.time, subject: e.subject.clone() }
+    }
+}
+
 /// A Key Vault key (its current version) and the vault's safety net.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
