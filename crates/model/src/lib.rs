@@ -6,6 +6,7 @@
 //!   (its JSON form is the documented `--facts` / test-case format).
 //! - [`decision`]: what a policy answers: findings and actions from a closed set.
 //! - [`outcome`]: what became of an event: the policy that decided, each action's fate.
+//! - [`validate`]: checks a policy's decision against its input before anyone acts on it.
 //!
 //! Nothing here does I/O.
 
@@ -14,6 +15,7 @@ pub mod event;
 pub mod facts;
 pub mod outcome;
 pub mod resource;
+pub mod validate;
 
 pub use decision::{Action, Decision, Finding, RotateTarget, Severity};
 pub use event::{Event, EventKind, KeyEvent, RegistryWrite};

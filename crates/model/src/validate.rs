@@ -1,0 +1,158 @@
+//! Checks a policy's decision before anyone acts on it: every action must target a
+//! resource the host put in the input, and counts and string sizes are bounded.
+//! Anything else is a policy error (fail safe).
+
+use crate::{Action, Decision, KeyId, PolicyInput, ResourceId, RotateTarget};
+
+/// Bounds on a decision.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionLimits {
+    pub max_findings: usize,
+    pub max_actions: usize,
+    /// Rule ids, channels, titles.
+    pub max_short: usize,
+    /// Resource ids and key ids.
+    pub max_id: usize,
+    /// Messages and notification texts.
+    pub max_text: usize,
+}
+
+impl Default for DecisionLimits {
+    fn default() -> Self {
+        Self { max_findings: 1000, max_actions: 200, max_short: 256, max_id: 2048, max_text: 8192 }
+    }
+}
+
+fn check_len(what: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.len() > max {
+        return Err(format!("{what} is {} bytes (at most {max})", value.len()));
+    }
+    Ok(())
+}
+
+fn valid_channel(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// What the input names, in the forms Azure compares.
+struct InScope<'a> {
+    registries: Vec<ResourceId>,
+    key: Option<KeyId>,
+    /// Every key id the input mentions (the key, the registries' configured and in-use keys).
+    keys: Vec<KeyId>,
+    vault_uri: Option<&'a str>,
+    subject: &'a str,
+}
+
+impl<'a> InScope<'a> {
+    fn new(input: &'a PolicyInput) -> Self {
+        let key = input.key.as_ref().and_then(|k| KeyId::parse(&k.key_id).ok());
+        let mut keys: Vec<KeyId> = key.iter().cloned().collect();
+        for r in &input.registries {
+            for k in [&r.key_identifier, &r.versioned_key_identifier].into_iter().flatten() {
+                if let Ok(k) = KeyId::parse(k) {
+                    keys.push(k);
+                }
+            }
+        }
+        Self {
+            registries: input.registries.iter().filter_map(|r| ResourceId::parse(&r.id).ok()).collect(),
+            key,
+            keys,
+            vault_uri: input.key.as_ref().map(|k| k.vault_uri.as_str()),
+            subject: &input.event.subject,
+        }
+    }
+
+    fn has_registry(&self, id: &str) -> bool {
+        ResourceId::parse(id).is_ok_and(|id| self.registries.contains(&id))
+    }
+
+    /// A key id from the input, or the versionless form of one.
+    fn has_key(&self, id: &str) -> bool {
+        KeyId::parse(id).is_ok_and(|k| self.keys.iter().any(|x| *x == k || (k.is_versionless() && x.same_key(&k))))
+    }
+
+    fn has_resource(&self, id: &str) -> bool {
+        self.has_registry(id)
+            || self.has_key(id)
+            || self.vault_uri.is_some_and(|v| v.trim_end_matches('/').eq_ignore_ascii_case(id.trim_end_matches('/')))
+            || (!self.subject.is_empty() && id == self.subject)
+    }
+}
+
+/// Checks `decision` against `input`; the error says which item was refused and why.
+pub fn validate(decision: &Decision, input: &PolicyInput, limits: &DecisionLimits) -> Result<(), String> {
+    if decision.findings.len() > limits.max_findings {
+        return Err(format!("{} findings (at most {})", decision.findings.len(), limits.max_findings));
+    }
+    if decision.actions.len() > limits.max_actions {
+        return Err(format!("{} actions (at most {})", decision.actions.len(), limits.max_actions));
+    }
+    if decision.findings.is_empty() && decision.actions.iter().all(|a| matches!(a, Action::Audit)) {
+        return Ok(());
+    }
+    let scope = InScope::new(input);
+    for (i, f) in decision.findings.iter().enumerate() {
+        let at = |field: &str| format!("finding {i} {field}");
+        if f.rule_id.trim().is_empty() {
+            return Err(format!("finding {i} has an empty rule id"));
+        }
+        check_len(&at("rule id"), &f.rule_id, limits.max_short)?;
+        check_len(&at("resource"), &f.resource, limits.max_id)?;
+        check_len(&at("message"), &f.message, limits.max_text)?;
+        if !scope.has_resource(&f.resource) {
+            return Err(format!("finding {i} ({}) is about {:?}, which is not in the input", f.rule_id, f.resource));
+        }
+    }
+    for (i, a) in decision.actions.iter().enumerate() {
+        match a {
+            Action::Audit => {}
+            Action::RotateRegistryKey { registry, target } => {
+                check_len(&format!("action {i} registry"), registry, limits.max_id)?;
+                if !scope.has_registry(registry) {
+                    return Err(format!(
+                        "action {i} (rotate-registry-key) targets registry {registry:?}, which is not in the input"
+                    ));
+                }
+                if let RotateTarget::KeyId(k) = target {
+                    check_len(&format!("action {i} key id"), k, limits.max_id)?;
+                    if !scope.has_key(k) {
+                        return Err(format!(
+                            "action {i} (rotate-registry-key) points {registry:?} at key {k:?}, which is not in the input"
+                        ));
+                    }
+                }
+                if matches!(target, RotateTarget::LatestVersion | RotateTarget::Versionless) && scope.key.is_none() {
+                    let registry_has_key = input.registries.iter().any(|r| {
+                        ResourceId::parse(&r.id).ok() == ResourceId::parse(registry).ok() && r.key_identifier.is_some()
+                    });
+                    if !registry_has_key {
+                        return Err(format!(
+                            "action {i} (rotate-registry-key) for {registry:?}: no key in the input to rotate to"
+                        ));
+                    }
+                }
+            }
+            Action::RotateVaultKey { key } => {
+                check_len(&format!("action {i} key"), key, limits.max_id)?;
+                let ok = KeyId::parse(key).is_ok_and(|k| scope.key.as_ref().is_some_and(|x| x.same_key(&k)));
+                if !ok {
+                    return Err(format!(
+                        "action {i} (rotate-vault-key) targets key {key:?}, which is not the input's key"
+                    ));
+                }
+            }
+            Action::Notify { channel, title, text, .. } => {
+                if !valid_channel(channel) {
+                    return Err(format!(
+                        "action {i} (notify) names channel {channel:?}: letters, digits, - and _ only, at most 64"
+                    ));
+                }
+                check_len(&format!("action {i} title"), title, limits.max_short)?;
+                check_len(&format!("action {i} text"), text, limits.max_text)?;
+            }
+        }
+    }
+    Ok(())
+}
