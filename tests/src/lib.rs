@@ -56,16 +56,24 @@ pub fn cmkguard_bin() -> PathBuf {
 
 /// A workspace binary in the release target dir (next to this test executable's `deps/`),
 /// brought up to date once per test process (a no-op when `cargo test --workspace` just
-/// built it), so a stale binary is never tested.
+/// built it), so a stale binary is never tested. `CMKGUARD_E2E_PREBUILT=1` skips the build
+/// and uses the binaries as they are (e.g. while a shared tree does not build).
 pub fn binary(package: &str, name: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("test executable path");
     let parent = exe.parent().expect("target/release");
     // A test runs from target/release/deps; a binary of this crate (the soak) from target/release.
-    let dir = if parent.ends_with("deps") { parent.parent().expect("target/release") } else { parent }.to_path_buf();
+    let in_test = parent.ends_with("deps");
+    let dir = if in_test { parent.parent().expect("target/release") } else { parent }.to_path_buf();
     let bin = dir.join(name);
+    if !in_test {
+        // A long run (the soak) uses the binaries built before it, never rebuilding mid-run.
+        assert!(bin.exists(), "{} is missing: run `cargo build --release -p {package}` first", bin.display());
+        return bin;
+    }
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if !built.iter().any(|b| b == name) {
+    let prebuilt = std::env::var("CMKGUARD_E2E_PREBUILT").is_ok_and(|v| v == "1");
+    if !prebuilt && !built.iter().any(|b| b == name) {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["build", "--release", "--quiet", "-p", package, "--bin", name])
             .status()
@@ -186,8 +194,22 @@ impl Sim {
     }
 
     fn write_profile(&self) {
+        let p = self.profile_json(self.str("identityEndpoint"));
+        std::fs::write(self.profile_path(), serde_json::to_vec_pretty(&p).expect("json")).expect("write profile");
+    }
+
+    /// Another cloud profile for this azsim whose managed-identity endpoint is
+    /// `identity_endpoint` (a test's own endpoint in front of azsim's); returns its path.
+    pub fn profile_with_identity(&self, identity_endpoint: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("azsim-profile-{}.json", free_port()));
+        let p = self.profile_json(identity_endpoint);
+        std::fs::write(&path, serde_json::to_vec_pretty(&p).expect("json")).expect("write profile");
+        path
+    }
+
+    fn profile_json(&self, identity_endpoint: &str) -> Value {
         let i = &self.info;
-        let p = json!({
+        json!({
             "name": "azsim",
             "armEndpoint": i["armEndpoint"],
             "keyVaultSuffix": i["vaultSuffix"],
@@ -196,11 +218,10 @@ impl Sim {
             "keyVaultAudience": i["vaultAudience"],
             "managedHsmAudience": format!("https://{}", self.str("hsmSuffix")),
             "authorityHost": "https://login.azsim.test",
-            "identityEndpoint": i["identityEndpoint"],
+            "identityEndpoint": identity_endpoint,
             "port": i["port"],
             "test": {"extraCaPemFile": self.dir.path().join("azsim-ca.pem"), "resolveToLoopback": true}
-        });
-        std::fs::write(self.profile_path(), serde_json::to_vec_pretty(&p).expect("json")).expect("write profile");
+        })
     }
 
     /// The settings that connect cmkguard to this azsim: cloud profile and managed identity.
