@@ -32,6 +32,7 @@ fn run() -> Result<(), String> {
         "wit",
         "policy-wasm/Cargo.toml",
         "policy-wasm/Cargo.lock",
+        "policy-wasm/.cargo/config.toml",
         "policy-wasm/sdk",
         "policy-wasm/default",
         "policy-wasm/template",

@@ -2,6 +2,8 @@
 //! resource the host put in the input, and counts and string sizes are bounded.
 //! Anything else is a policy error (fail safe).
 
+use std::cell::OnceCell;
+
 use crate::{Action, Decision, KeyId, PolicyInput, ResourceId, RotateTarget};
 
 /// Bounds on a decision.
@@ -34,50 +36,94 @@ fn valid_channel(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// What the input names, in the forms Azure compares.
+/// What the input names, in the forms Azure compares. Each input id is parsed at most
+/// once per validation and only when needed: a decision usually repeats the input's ids
+/// verbatim, which is recognised by comparing strings before anything is parsed (an id
+/// only counts when it parses, exactly as on the parsing path).
 struct InScope<'a> {
-    registries: Vec<ResourceId>,
-    key: Option<KeyId>,
+    input: &'a PolicyInput,
+    registries: Vec<(&'a str, OnceCell<Option<ResourceId>>)>,
+    key: OnceCell<Option<KeyId>>,
     /// Every key id the input mentions (the key, the registries' configured and in-use keys).
-    keys: Vec<KeyId>,
+    keys: Vec<(&'a str, OnceCell<Option<KeyId>>)>,
     vault_uri: Option<&'a str>,
     subject: &'a str,
 }
 
 impl<'a> InScope<'a> {
     fn new(input: &'a PolicyInput) -> Self {
-        let key = input.key.as_ref().and_then(|k| KeyId::parse(&k.key_id).ok());
-        let mut keys: Vec<KeyId> = key.iter().cloned().collect();
+        let mut keys: Vec<(&str, OnceCell<Option<KeyId>>)> = Vec::with_capacity(1 + 2 * input.registries.len());
+        let mut add = |k: &'a str| {
+            if !keys.iter().any(|(x, _)| *x == k) {
+                keys.push((k, OnceCell::new()));
+            }
+        };
+        if let Some(k) = &input.key {
+            add(&k.key_id);
+        }
         for r in &input.registries {
             for k in [&r.key_identifier, &r.versioned_key_identifier].into_iter().flatten() {
-                if let Ok(k) = KeyId::parse(k) {
-                    keys.push(k);
-                }
+                add(k);
             }
         }
         Self {
-            registries: input.registries.iter().filter_map(|r| ResourceId::parse(&r.id).ok()).collect(),
-            key,
+            input,
+            registries: input.registries.iter().map(|r| (r.id.as_str(), OnceCell::new())).collect(),
+            key: OnceCell::new(),
             keys,
             vault_uri: input.key.as_ref().map(|k| k.vault_uri.as_str()),
             subject: &input.event.subject,
         }
     }
 
+    /// The input's key, parsed.
+    fn key(&self) -> Option<&KeyId> {
+        self.key.get_or_init(|| self.input.key.as_ref().and_then(|k| KeyId::parse(&k.key_id).ok())).as_ref()
+    }
+
+    fn registry_exact(&self, id: &str) -> bool {
+        self.registries
+            .iter()
+            .any(|(raw, parsed)| *raw == id && parsed.get_or_init(|| ResourceId::parse(raw).ok()).is_some())
+    }
+
     fn has_registry(&self, id: &str) -> bool {
-        ResourceId::parse(id).is_ok_and(|id| self.registries.contains(&id))
+        self.registry_exact(id)
+            || ResourceId::parse(id).is_ok_and(|id| {
+                self.registries
+                    .iter()
+                    .any(|(raw, p)| p.get_or_init(|| ResourceId::parse(raw).ok()).as_ref() == Some(&id))
+            })
+    }
+
+    fn key_exact(&self, id: &str) -> bool {
+        self.keys.iter().any(|(raw, parsed)| *raw == id && parsed.get_or_init(|| KeyId::parse(raw).ok()).is_some())
     }
 
     /// A key id from the input, or the versionless form of one.
     fn has_key(&self, id: &str) -> bool {
-        KeyId::parse(id).is_ok_and(|k| self.keys.iter().any(|x| *x == k || (k.is_versionless() && x.same_key(&k))))
+        self.key_exact(id)
+            || KeyId::parse(id).is_ok_and(|k| {
+                self.keys.iter().any(|(raw, p)| {
+                    p.get_or_init(|| KeyId::parse(raw).ok())
+                        .as_ref()
+                        .is_some_and(|x| *x == k || (k.is_versionless() && x.same_key(&k)))
+                })
+            })
+    }
+
+    fn has_vault(&self, id: &str) -> bool {
+        self.vault_uri.is_some_and(|v| v.trim_end_matches('/').eq_ignore_ascii_case(id.trim_end_matches('/')))
     }
 
     fn has_resource(&self, id: &str) -> bool {
-        self.has_registry(id)
-            || self.has_key(id)
-            || self.vault_uri.is_some_and(|v| v.trim_end_matches('/').eq_ignore_ascii_case(id.trim_end_matches('/')))
+        // The string comparisons first; parsing only when none of them matches.
+        self.registry_exact(id)
+            || self.key_exact(id)
+            || self.has_vault(id)
             || (!self.subject.is_empty() && id == self.subject)
+            || self.has_registry(id)
+            || self.has_key(id)
     }
 }
 
@@ -123,7 +169,7 @@ pub fn validate(decision: &Decision, input: &PolicyInput, limits: &DecisionLimit
                         ));
                     }
                 }
-                if matches!(target, RotateTarget::LatestVersion | RotateTarget::Versionless) && scope.key.is_none() {
+                if matches!(target, RotateTarget::LatestVersion | RotateTarget::Versionless) && scope.key().is_none() {
                     let registry_has_key = input.registries.iter().any(|r| {
                         ResourceId::parse(&r.id).ok() == ResourceId::parse(registry).ok() && r.key_identifier.is_some()
                     });
@@ -136,7 +182,8 @@ pub fn validate(decision: &Decision, input: &PolicyInput, limits: &DecisionLimit
             }
             Action::RotateVaultKey { key } => {
                 check_len(&format!("action {i} key"), key, limits.max_id)?;
-                let ok = KeyId::parse(key).is_ok_and(|k| scope.key.as_ref().is_some_and(|x| x.same_key(&k)));
+                let exact = input.key.as_ref().is_some_and(|k| k.key_id == *key) && scope.key().is_some();
+                let ok = exact || KeyId::parse(key).is_ok_and(|k| scope.key().is_some_and(|x| x.same_key(&k)));
                 if !ok {
                     return Err(format!(
                         "action {i} (rotate-vault-key) targets key {key:?}, which is not the input's key"

@@ -27,29 +27,57 @@ pub fn event_kind(name: &str) -> Result<wit::EventKind, EvalError> {
     })
 }
 
-/// Builds the contract input; `settings` overrides `input.settings` when given.
-pub fn input(input: &model::PolicyInput, settings: Option<&str>) -> Result<wit::PolicyInput, EvalError> {
+/// The registries' tags, flattened, so that the contract input can borrow them.
+pub struct Tags<'a>(Vec<(&'a str, &'a str)>);
+
+impl<'a> Tags<'a> {
+    pub fn of(input: &'a model::PolicyInput) -> Self {
+        Self(input.registries.iter().flat_map(|r| r.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))).collect())
+    }
+}
+
+/// Registries' facts borrowed from the model (`tags` from [`Tags::of`] of the same input).
+pub fn registries<'a>(input: &'a model::PolicyInput, tags: &'a Tags<'a>) -> Vec<wit::RegistryFacts<'a>> {
+    let mut rest = tags.0.as_slice();
+    input
+        .registries
+        .iter()
+        .map(|r| {
+            let (mine, tail) = rest.split_at(r.tags.len());
+            rest = tail;
+            registry(r, mine)
+        })
+        .collect()
+}
+
+/// Builds the contract input, borrowing every string from `input`; `settings` overrides
+/// `input.settings` when given.
+pub fn input<'a>(
+    input: &'a model::PolicyInput,
+    registries: &'a [wit::RegistryFacts<'a>],
+    settings: Option<&'a str>,
+) -> Result<wit::PolicyInput<'a>, EvalError> {
     Ok(wit::PolicyInput {
         event: wit::EventInfo {
             kind: event_kind(&input.event.kind)?,
-            id: input.event.id.clone(),
+            id: &input.event.id,
             time: secs(input.event.time),
-            subject: input.event.subject.clone(),
+            subject: &input.event.subject,
         },
         now: secs(input.now),
         key: input.key.as_ref().map(key),
-        registries: input.registries.iter().map(registry).collect(),
-        settings: settings.unwrap_or(&input.settings).to_owned(),
+        registries,
+        settings: settings.unwrap_or(&input.settings),
     })
 }
 
-fn key(k: &model::KeyFacts) -> wit::KeyFacts {
+fn key(k: &model::KeyFacts) -> wit::KeyFacts<'_> {
     wit::KeyFacts {
-        key_id: k.key_id.clone(),
-        vault_uri: k.vault_uri.clone(),
-        name: k.name.clone(),
-        version: k.version.clone(),
-        key_type: k.key_type.clone(),
+        key_id: &k.key_id,
+        vault_uri: &k.vault_uri,
+        name: &k.name,
+        version: &k.version,
+        key_type: &k.key_type,
         key_size: k.key_size,
         enabled: k.enabled,
         expires: k.expires.map(secs),
@@ -60,20 +88,20 @@ fn key(k: &model::KeyFacts) -> wit::KeyFacts {
     }
 }
 
-fn registry(r: &model::RegistryFacts) -> wit::RegistryFacts {
+fn registry<'a>(r: &'a model::RegistryFacts, tags: &'a [(&'a str, &'a str)]) -> wit::RegistryFacts<'a> {
     wit::RegistryFacts {
-        id: r.id.clone(),
-        name: r.name.clone(),
-        sku: r.sku.clone(),
-        location: r.location.clone(),
+        id: &r.id,
+        name: &r.name,
+        sku: &r.sku,
+        location: &r.location,
         encryption_enabled: r.encryption_enabled,
-        key_identifier: r.key_identifier.clone(),
-        versioned_key_identifier: r.versioned_key_identifier.clone(),
-        identity: r.identity.clone(),
+        key_identifier: r.key_identifier.as_deref(),
+        versioned_key_identifier: r.versioned_key_identifier.as_deref(),
+        identity: r.identity.as_deref(),
         key_rotation_enabled: r.key_rotation_enabled,
         last_rotation: r.last_rotation.map(secs),
-        provisioning_state: r.provisioning_state.clone(),
-        tags: r.tags.clone(),
+        provisioning_state: r.provisioning_state.as_deref(),
+        tags,
     }
 }
 

@@ -43,7 +43,10 @@ pub struct Limits {
     pub module_bytes: usize,
     /// Bytes at the start of each pooled linear memory that are reset in place (memset /
     /// copy from the image) instead of being returned to the kernel: cheaper than the
-    /// page faults that would follow, up to a point (BENCHMARKS.md, "Policy").
+    /// page faults that would follow, up to a point (BENCHMARKS.md, "Policy"). The
+    /// default covers the whole initial memory of the policies built by `policy-wasm/`
+    /// (64 KiB stack, data, heap: 256 KiB), so a typical evaluation resets without a
+    /// system call.
     pub keep_resident_bytes: usize,
     pub decision: DecisionLimits,
 }
@@ -57,7 +60,7 @@ impl Default for Limits {
             table_elements: 100_000,
             instances: 64,
             module_bytes: 64 << 20,
-            keep_resident_bytes: 64 << 10,
+            keep_resident_bytes: 256 << 10,
             decision: DecisionLimits::default(),
         }
     }
@@ -327,8 +330,7 @@ impl Policy {
 
     /// Asks the policy whether it accepts `settings`.
     pub fn check_settings(&self, settings: &str) -> Result<(), LoadError> {
-        let owned = settings.to_owned();
-        match self.call(|b, store| b.cmkguard_policy_evaluator().call_validate_settings(store, &owned)) {
+        match self.call(|b, store| b.cmkguard_policy_evaluator().call_validate_settings(store, settings)) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(LoadError::Settings(msg)),
             Err(e) => Err(LoadError::Settings(format!("validate-settings failed: {e}"))),
@@ -343,8 +345,10 @@ impl Policy {
     /// Evaluates; `settings` overrides the input's settings when given. The decision is
     /// validated against the input.
     pub fn evaluate_with(&self, input: &PolicyInput, settings: Option<&str>) -> Result<Decision, EvalError> {
-        let wit_input = crate::convert::input(input, settings)?;
-        let raw = self.call(|b, store| b.cmkguard_policy_evaluator().call_evaluate(store, &wit_input))?;
+        let tags = crate::convert::Tags::of(input);
+        let registries = crate::convert::registries(input, &tags);
+        let wit_input = crate::convert::input(input, &registries, settings)?;
+        let raw = self.call(|b, store| b.cmkguard_policy_evaluator().call_evaluate(store, wit_input))?;
         let decision = crate::convert::decision(raw.map_err(|m| EvalError::Policy(truncate(m, 2048)))?);
         validate(&decision, input, &self.engine.inner.limits.decision).map_err(EvalError::InvalidDecision)?;
         Ok(decision)

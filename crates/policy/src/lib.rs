@@ -33,5 +33,11 @@ pub const COMPONENTS_DIR: &str = env!("CMKGUARD_POLICY_COMPONENTS");
 
 #[allow(missing_docs)]
 mod bindings {
-    wasmtime::component::bindgen!({ path: "../../wit", world: "policy" });
+    // Borrowing: the input is lowered straight from the model's strings (no copy of
+    // every string into an owned contract value first). Results stay owned.
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "policy",
+        ownership: Borrowing { duplicate_if_necessary: true },
+    });
 }

@@ -159,3 +159,108 @@ impl DecisionBuilder {
         Decision { findings: self.findings, actions: self.actions }
     }
 }
+
+/// The allocator of policies built with the SDK (feature `bump`, on by default): a bump
+/// allocator over the linear memory above the data (`__heap_base` up to the current
+/// memory size), growing memory only when that is used up.
+///
+/// The host gives every evaluation a fresh instance, so nothing lives longer than one
+/// call: freeing memory is needless work (only the most recent block is given back, which
+/// lets a growing `String` or `Vec` extend in place). Compared with the default allocator
+/// this removes the allocator's bookkeeping from every string the host passes in and the
+/// `memory.grow` (an `mprotect` in the host, and page faults after each reset) from a
+/// typical evaluation. A policy that keeps state across calls cannot exist under this
+/// host, but one that allocates a lot within a call should turn the feature off.
+#[cfg(all(target_arch = "wasm32", feature = "bump"))]
+mod bump {
+    use core::alloc::{GlobalAlloc, Layout};
+    use core::arch::wasm32;
+    use core::cell::Cell;
+
+    const PAGE: usize = 65_536;
+
+    pub struct Bump {
+        next: Cell<usize>,
+        end: Cell<usize>,
+    }
+
+    // SAFETY: wasm32-unknown-unknown components run on one thread.
+    unsafe impl Sync for Bump {}
+
+    unsafe extern "C" {
+        /// Start of the heap, provided by the linker (wasm-ld).
+        static __heap_base: u8;
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Bump = Bump { next: Cell::new(0), end: Cell::new(0) };
+
+    impl Bump {
+        /// Makes room for `size` bytes at alignment `align`; the block's address or 0.
+        fn take(&self, size: usize, align: usize) -> usize {
+            if self.end.get() == 0 {
+                self.next.set(&raw const __heap_base as usize);
+                self.end.set(wasm32::memory_size(0) * PAGE);
+            }
+            let Some(start) = self.next.get().checked_next_multiple_of(align) else { return 0 };
+            let Some(end) = start.checked_add(size) else { return 0 };
+            if end > self.end.get() && !self.grow(end) {
+                return 0;
+            }
+            self.next.set(end);
+            start
+        }
+
+        /// Grows memory so that it reaches at least `to`.
+        fn grow(&self, to: usize) -> bool {
+            let pages = (to - self.end.get()).div_ceil(PAGE);
+            let old = wasm32::memory_grow(0, pages);
+            if old == usize::MAX {
+                return false;
+            }
+            if old * PAGE != self.end.get() {
+                // Someone else grew memory: continue in the new pages only.
+                self.next.set(old * PAGE);
+                self.end.set((old + pages) * PAGE);
+                return to <= self.end.get() || self.grow(to);
+            }
+            self.end.set((old + pages) * PAGE);
+            true
+        }
+    }
+
+    unsafe impl GlobalAlloc for Bump {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            self.take(layout.size(), layout.align()) as *mut u8
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // Only the most recent block is given back.
+            if ptr as usize + layout.size() == self.next.get() {
+                self.next.set(ptr as usize);
+            }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let at = ptr as usize;
+            if at + layout.size() == self.next.get() {
+                // The most recent block: extend (or shrink) it in place.
+                let Some(end) = at.checked_add(new_size) else { return core::ptr::null_mut() };
+                if end <= self.end.get() || self.grow(end) {
+                    self.next.set(end);
+                    return ptr;
+                }
+                return core::ptr::null_mut();
+            }
+            if new_size <= layout.size() {
+                return ptr;
+            }
+            let new = self.take(new_size, layout.align()) as *mut u8;
+            if !new.is_null() {
+                // SAFETY: both blocks are valid for `layout.size()` bytes and distinct.
+                unsafe { core::ptr::copy_nonoverlapping(ptr, new, layout.size()) };
+            }
+            new
+        }
+    }
+}
