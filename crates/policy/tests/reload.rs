@@ -1,13 +1,17 @@
 //! Hot reload under load: evaluations keep flowing while the module file is replaced
-//! (good → good, good → broken, broken → good); none fails and none is lost. Also the
-//! precompiled cache: reused when valid, rebuilt when corrupt.
+//! (good → good, good → broken, broken → good); none fails and none is lost. The https
+//! sources against a real loopback https server: a URL pinned by sha256, and the
+//! manifest (`url` + `sha256`) that drives reloads. Also the precompiled cache: reused
+//! when valid, rebuilt when corrupt.
 
 mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use cmkguard_policy::{PolicyEngine, PolicyHost, PolicySource, Refresh};
+use cmkguard_policy::source::sha256_hex;
+use cmkguard_policy::{LoadError, PolicyEngine, PolicyHost, PolicySource, Refresh};
+use common::https::HttpsFiles;
 use common::{built, engine, sample_input};
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
@@ -84,6 +88,116 @@ async fn reload_under_load_loses_nothing() {
     let names = names.lock().unwrap();
     assert!(names.contains("template") && names.contains("cmkguard-default"), "{names:?}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_https_url_loads_only_with_its_digest() {
+    let server = HttpsFiles::start().await;
+    let default = cmkguard_policy::DEFAULT_POLICY.to_vec();
+    server.put("/policies/default.wasm", default.clone());
+    let url = server.url("/policies/default.wasm");
+
+    let source = PolicySource::from_setting(Some(&url), Some(&sha256_hex(&default).to_uppercase())).unwrap();
+    let host = PolicyHost::open(engine(), source, None, "{}".into(), Some(server.fetch())).await.unwrap();
+    assert_eq!(host.current().reference().digest, sha256_hex(&default));
+    assert!(host.current().evaluate(&sample_input(3)).is_ok());
+    // Without a manifest a pinned URL cannot change: nothing is fetched again.
+    let before = server.requests();
+    assert_eq!(host.refresh().await.unwrap(), Refresh::Unchanged);
+    assert_eq!(server.requests(), before);
+
+    // Another digest: refused before anything is compiled, naming both digests.
+    let wrong = sha256_hex(b"another module");
+    let source = PolicySource::Url { url: url.clone(), sha256: wrong.clone() };
+    let e = PolicyHost::open(engine(), source, None, "{}".into(), Some(server.fetch())).await.unwrap_err();
+    assert!(
+        matches!(&e, LoadError::DigestMismatch { expected, actual } if *expected == wrong && *actual == sha256_hex(&default)),
+        "{e}"
+    );
+    // A missing module is a fetch error that names the URL.
+    let missing = server.url("/policies/missing.wasm");
+    let source = PolicySource::Url { url: missing.clone(), sha256: wrong };
+    let e = PolicyHost::open(engine(), source, None, "{}".into(), Some(server.fetch())).await.unwrap_err();
+    assert!(e.to_string().contains(&missing) && e.to_string().contains("404"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifest_swaps_good_modules_and_refuses_bad_ones() {
+    let server = HttpsFiles::start().await;
+    let default = cmkguard_policy::DEFAULT_POLICY.to_vec();
+    let template = std::fs::read(built("template-policy.wasm")).unwrap();
+    let broken = b"\0asm\x0d\0\x01\0broken".to_vec();
+    server.put("/v1.wasm", default.clone());
+    server.put("/v2.wasm", template.clone());
+    server.put("/broken.wasm", broken.clone());
+    let manifest = |path: &str, digest: &str| {
+        server.put("/manifest.json", serde_json::json!({"url": server.url(path), "sha256": digest}).to_string());
+    };
+    manifest("/v1.wasm", &sha256_hex(&default));
+
+    let source = PolicySource::Url { url: server.url("/v1.wasm"), sha256: sha256_hex(&default) };
+    let host = Arc::new(
+        PolicyHost::open(engine(), source, Some(server.url("/manifest.json")), "{}".into(), Some(server.fetch()))
+            .await
+            .unwrap(),
+    );
+    // The manifest names the serving module: unchanged, and the module is not fetched.
+    let before = server.requests();
+    assert_eq!(host.refresh().await.unwrap(), Refresh::Unchanged);
+    assert_eq!(server.requests(), before + 1, "only the manifest was fetched");
+
+    // Evaluations flow through every step below; none may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (host, stop) = (host.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let input = sample_input(10);
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match host.current().evaluate(&input) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+
+    // good → good
+    manifest("/v2.wasm", &sha256_hex(&template));
+    let r = host.refresh().await.unwrap();
+    assert_eq!(r, Refresh::Swapped { from: sha256_hex(&default), to: sha256_hex(&template) });
+    assert_eq!(host.current().reference().name, "template");
+
+    // A digest that does not match what the URL serves: refused, reported once.
+    manifest("/v1.wasm", &sha256_hex(b"not the module"));
+    let e = host.refresh().await.unwrap_err();
+    assert!(matches!(e, LoadError::DigestMismatch { .. }), "{e}");
+    assert_eq!(host.current().reference().name, "template");
+    assert_eq!(host.refresh().await.unwrap(), Refresh::Unchanged, "a refused digest is reported once");
+
+    // A module that matches its digest but does not compile: refused, the old one serves.
+    manifest("/broken.wasm", &sha256_hex(&broken));
+    let e = host.refresh().await.unwrap_err();
+    assert!(e.to_string().contains("does not compile"), "{e}");
+    assert_eq!(host.current().reference().name, "template");
+    assert_eq!(host.refresh().await.unwrap(), Refresh::Unchanged);
+
+    // A manifest that is not one: refused with the manifest's URL, nothing changes.
+    server.put("/manifest.json", "{\"url\": \"http://plain/v1.wasm\"}");
+    let e = host.refresh().await.unwrap_err();
+    assert!(matches!(&e, LoadError::Manifest { url, .. } if url.ends_with("/manifest.json")), "{e}");
+    assert_eq!(host.current().reference().name, "template");
+
+    // And back to a good module.
+    manifest("/v1.wasm", &sha256_hex(&default));
+    assert!(matches!(host.refresh().await.unwrap(), Refresh::Swapped { .. }));
+    assert_eq!(host.current().reference().name, "cmkguard-default");
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = worker.join().unwrap();
+    assert!(failed.is_empty(), "{} evaluations failed: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    assert!(ok > 0);
 }
 
 #[test]

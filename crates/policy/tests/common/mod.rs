@@ -2,6 +2,8 @@
 //! wrapped into components, sample inputs, the built policy components.
 #![allow(dead_code)]
 
+pub mod https;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
