@@ -34,9 +34,14 @@ pub fn azurite_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("AZURITE_BLOB") {
         return PathBuf::from(p);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    // The target dir: CARGO_TARGET_DIR, else the one this test executable runs from
+    // (target/release/deps/…), which holds for any crate that includes this file.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.ancestors().nth(3).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+    });
     target.join("azurite/node_modules/.bin/azurite-blob")
 }
 
