@@ -140,7 +140,19 @@ fn key_event(h: &Header<'_>, data: Option<&RawValue>) -> Result<KeyEvent, Decode
         (None, Some(idv)) => idv.to_owned(),
         (None, None) => return Err(bad("data has no Version and data.Id has none either")),
     };
-    let key_id = if key_id.is_versionless() { key_id.with_version(&version) } else { key_id };
+    // A versionless data.Id takes data.Version, which must be a key version like any in an
+    // id: unchecked, a version such as `v1/../x?y` went into the key id (and so into Key
+    // Vault URLs), and the event did not survive its JSON round trip (found by fuzzing).
+    let key_id = if key_id.is_versionless() {
+        KeyId::new(&key_id.vault_uri(), key_id.name(), Some(&version))
+            .ok()
+            .filter(|k| k.version() == Some(version.as_str()))
+            .ok_or_else(|| {
+                bad(format!("data.Version {version:?} is not a key version (1-127 letters, digits and -)"))
+            })?
+    } else {
+        key_id
+    };
     let vault_name = match opt_str(f.vault_name, "VaultName")? {
         Some(v) => v.to_owned(),
         None => key_id.host().split('.').next().unwrap_or_default().to_owned(),

@@ -35,6 +35,7 @@ struct Envelope<'a> {
 /// Parses the envelope. Only an envelope no Functions host would send (not JSON, not an
 /// object, no `Data` object) is an error.
 pub fn parse_invocation(bytes: &[u8]) -> Result<Invocation<'_>, DecodeError> {
+    super::check_utf8(bytes)?;
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let env: Envelope<'_> = match first {
         Some(b'{') => serde_json::from_slice(bytes).map_err(|_| {

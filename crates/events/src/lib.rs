@@ -86,6 +86,7 @@ pub mod code {
 /// are skipped, not built). When it fails, the document is parsed again in full so the
 /// error names the real problem (bad syntax, nesting too deep) first.
 pub fn decode_events_json(bytes: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
+    check_utf8(bytes)?;
     decode_fast(bytes).map_err(|e| match parse_json(bytes) {
         Err(syntax) => syntax,
         Ok(_) => e,
@@ -212,6 +213,18 @@ pub(crate) fn raw_str<'a>(raw: Option<&'a RawValue>, field: &str) -> Result<Opti
         ),
     };
     Ok(Some(s))
+}
+
+/// Refuses a body that is not UTF-8 (JSON must be, RFC 8259 §8.1). serde_json checks the
+/// strings it reads but not the ones it skips (unknown fields, `Metadata`), so without
+/// this a body with invalid bytes in an ignored field was accepted (found by fuzzing).
+pub(crate) fn check_utf8(bytes: &[u8]) -> Result<(), DecodeError> {
+    std::str::from_utf8(bytes).map(|_| ()).map_err(|e| {
+        DecodeError::new(
+            code::NOT_JSON,
+            format!("the body is not valid JSON: not UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+        )
+    })
 }
 
 /// Parses JSON with a clear message (serde_json refuses nesting deeper than 128 levels).
