@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use tracing::Instrument;
 
 use super::{ApiError, Stats, read_body, run_batch};
@@ -73,7 +73,7 @@ async fn handle(
             tracing::info!("sweep requested without Azure clients");
             return Ok(answer(
                 vec!["sweep: not run (no Azure clients configured)".into()],
-                json!({"sweep": "not-run"}),
+                &json!({"sweep": "not-run"}),
             ));
         };
         return match sweeper.run(&state.pipeline, |_, _| {}).await {
@@ -89,14 +89,15 @@ async fn handle(
                     "cmkguard: sweep {}: {} registries, {} compliant, {} remediated, {} failed",
                     summary.run_id, summary.registries, summary.compliant, summary.remediated, summary.failed
                 );
-                Ok(answer(vec![log], serde_json::to_value(&summary).unwrap_or(Value::Null)))
+                Ok(answer(vec![log], &summary))
             }
             Err(e) if e.class == crate::pipeline::ErrorClass::Retryable => {
                 Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "retryable", e.to_string()))
             }
-            Err(e) => {
-                Ok(answer(vec![format!("cmkguard: sweep failed: {e}")], json!({"sweep": "failed", "error": e.message})))
-            }
+            Err(e) => Ok(answer(
+                vec![format!("cmkguard: sweep failed: {e}")],
+                &json!({"sweep": "failed", "error": e.message}),
+            )),
         };
     }
     let decoded = match invocation.decode_trigger() {
@@ -108,7 +109,7 @@ async fn handle(
             let log = format!("cmkguard: event rejected ({}): {}", e.code, e.message);
             return Ok(answer(
                 vec![log],
-                json!({"status": "rejected", "error": {"code": e.code, "message": e.message}}),
+                &json!({"status": "rejected", "error": {"code": e.code, "message": e.message}}),
             ));
         }
     };
@@ -127,11 +128,20 @@ async fn handle(
     for f in &outcome.failed {
         logs.push(format!("cmkguard: failed {}: {}", f.event_id, f.error));
     }
-    let value = serde_json::to_value(&outcome).unwrap_or(Value::Null);
-    Ok(answer(logs, value))
+    Ok(answer(logs, &outcome))
 }
 
-/// The custom-handler response: `{"Outputs":{},"Logs":[..],"ReturnValue":..}`.
-fn answer(logs: Vec<String>, return_value: Value) -> Response {
-    (StatusCode::OK, axum::Json(json!({"Outputs": {}, "Logs": logs, "ReturnValue": return_value}))).into_response()
+/// The custom-handler response: `{"Outputs":{},"Logs":[..],"ReturnValue":..}`, serialized
+/// straight to the body (no intermediate `Value` of the outcome).
+fn answer<T: serde::Serialize>(logs: Vec<String>, return_value: &T) -> Response {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Answer<'a, T> {
+        outputs: Empty,
+        logs: Vec<String>,
+        return_value: &'a T,
+    }
+    #[derive(serde::Serialize)]
+    struct Empty {}
+    super::json_response(StatusCode::OK, &Answer { outputs: Empty {}, logs, return_value })
 }

@@ -136,6 +136,18 @@ pub(crate) async fn read_body(headers: &http::HeaderMap, body: Body, limit: usiz
     }
 }
 
+/// A JSON response serialized straight into its body (one buffer, no `Value` tree).
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (status, [(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"))], body)
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "could not serialize a response");
+            ApiError::internal().into_response()
+        }
+    }
+}
+
 /// What became of a batch of decoded events.
 #[derive(Debug, Default, Serialize)]
 pub struct BatchOutcome {
@@ -154,29 +166,40 @@ pub struct FailedEvent {
     pub error: crate::pipeline::StageError,
 }
 
-/// Runs decoded events through the pipeline, in order. Validation handshakes are not
-/// events and are skipped here (the direct-mode route answers them before).
+/// Most events of one batch in flight at once. Every event costs durable ledger writes
+/// (group commits): one after another, a batch of 100 would wait for 200 commits in a row.
+const BATCH_CONCURRENCY: usize = 32;
+
+/// Runs decoded events through the pipeline. Events are handled concurrently, except
+/// that an event waits for every earlier one with the same id or subject (a duplicate
+/// delivery, or a second event about the same key or registry), so those still run in
+/// batch order. Reports, ignored and failed events are listed in batch order. After a
+/// retryable failure no further group starts (already handled events are in the ledger,
+/// so the redelivery repeats nothing). Validation handshakes are not events and are
+/// skipped here (the direct-mode route answers them before).
 pub(crate) async fn run_batch(state: &AppState, decoded: Vec<crate::events::Decoded>) -> BatchOutcome {
     use crate::events::Decoded;
+    use cmkguard_model::Event;
     let mut out = BatchOutcome::default();
-    for d in decoded {
+    // rounds[r]: events (with their batch position) that may run together.
+    let mut rounds: Vec<Vec<(usize, Event)>> = Vec::new();
+    let mut last_round: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (pos, d) in decoded.into_iter().enumerate() {
         match d {
             Decoded::Event(event) => {
-                Stats::add(&state.stats.events, 1);
-                match state.pipeline.handle(&event).await {
-                    Ok(report) => out.reports.push(report),
-                    Err(e) if e.class == crate::pipeline::ErrorClass::Retryable => {
-                        tracing::warn!(event_id = %event.id, error = %e, "retryable failure; asking for redelivery");
-                        Stats::add(&state.stats.failed, 1);
-                        out.retryable = Some(e);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(event_id = %event.id, error = %e, "event failed (terminal); acknowledged");
-                        Stats::add(&state.stats.failed, 1);
-                        out.failed.push(FailedEvent { event_id: event.id.clone(), error: e });
-                    }
+                let id_key = format!("i:{}", event.id);
+                let subject_key = format!("s:{}", event.subject.to_ascii_lowercase());
+                let round = [&id_key, &subject_key]
+                    .iter()
+                    .filter_map(|k| last_round.get(k.as_str()).map(|r| r + 1))
+                    .max()
+                    .unwrap_or(0);
+                last_round.insert(id_key, round);
+                last_round.insert(subject_key, round);
+                if rounds.len() <= round {
+                    rounds.resize_with(round + 1, Vec::new);
                 }
+                rounds[round].push((pos, *event));
             }
             Decoded::Ignored(ig) => {
                 tracing::info!(event_id = %ig.id, event_type = %ig.event_type, reason = ig.reason, "ignored");
@@ -185,6 +208,38 @@ pub(crate) async fn run_batch(state: &AppState, decoded: Vec<crate::events::Deco
             }
             Decoded::Validation { id, .. } => {
                 tracing::info!(event_id = %id, "subscription validation event outside the handshake; ignored");
+            }
+        }
+    }
+    let mut done: Vec<(usize, Event, Result<cmkguard_model::outcome::EventReport, crate::pipeline::StageError>)> =
+        Vec::new();
+    'rounds: for round in rounds {
+        let mut events = round.into_iter().peekable();
+        while events.peek().is_some() {
+            let group: Vec<(usize, Event)> = events.by_ref().take(BATCH_CONCURRENCY).collect();
+            Stats::add(&state.stats.events, group.len() as u64);
+            let results = futures::future::join_all(group.iter().map(|(_, e)| state.pipeline.handle(e))).await;
+            let retry =
+                results.iter().any(|r| r.as_ref().is_err_and(|e| e.class == crate::pipeline::ErrorClass::Retryable));
+            done.extend(group.into_iter().zip(results).map(|((pos, e), r)| (pos, e, r)));
+            if retry {
+                break 'rounds;
+            }
+        }
+    }
+    done.sort_by_key(|(pos, _, _)| *pos);
+    for (_, event, result) in done {
+        match result {
+            Ok(report) => out.reports.push(report),
+            Err(e) if e.class == crate::pipeline::ErrorClass::Retryable => {
+                tracing::warn!(event_id = %event.id, error = %e, "retryable failure; asking for redelivery");
+                Stats::add(&state.stats.failed, 1);
+                out.retryable.get_or_insert(e);
+            }
+            Err(e) => {
+                tracing::warn!(event_id = %event.id, error = %e, "event failed (terminal); acknowledged");
+                Stats::add(&state.stats.failed, 1);
+                out.failed.push(FailedEvent { event_id: event.id, error: e });
             }
         }
     }

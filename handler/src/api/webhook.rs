@@ -144,17 +144,22 @@ async fn handle(state: &AppState, query: &KeyQuery, headers: &HeaderMap, body: B
         // 503: Event Grid retries after ≥ 30 s.
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retryable", e.to_string()));
     }
-    Ok((
-        StatusCode::OK,
-        axum::Json(json!({
-            "received": received,
-            "handled": outcome.reports.len(),
-            "ignored": outcome.ignored.len(),
-            "failed": outcome.failed.len(),
-            "outcome": outcome,
-        })),
-    )
-        .into_response())
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        received: usize,
+        handled: usize,
+        ignored: usize,
+        failed: usize,
+        outcome: &'a super::BatchOutcome,
+    }
+    let answer = Answer {
+        received,
+        handled: outcome.reports.len(),
+        ignored: outcome.ignored.len(),
+        failed: outcome.failed.len(),
+        outcome: &outcome,
+    };
+    Ok(super::json_response(StatusCode::OK, &answer))
 }
 
 fn decode(kind: BodyKind, headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
