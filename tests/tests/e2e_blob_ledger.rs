@@ -11,7 +11,6 @@
 //! `SSL_CERT_FILE` (read by the platform certificate verifier), not through any test hook.
 
 #[path = "../../crates/ledger/tests/common/azurite.rs"]
-#[allow(dead_code, unused_imports)]
 mod azurite;
 
 use std::collections::HashMap;
@@ -59,8 +58,6 @@ async fn token(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_ledger_on_azurite_records_once_and_audit_reads_it() {
-    use azure_core::credentials::TokenCredential;
-
     let azurite = azurite::Azurite::start().await.expect("Azurite (scripts/setup.d/50-azurite.sh installs it)");
     let sim = Sim::start(&scenario("demo.json"), &[]);
     let sink = ChatSink::start().await.expect("chat sink");
