@@ -83,14 +83,48 @@ pub mod code {
 ///
 /// The fast path borrows: each event is split into raw fields and only the fields
 /// cmkguard reads are parsed (a `ResourceWriteSuccess` carries kilobytes of claims that
-/// are skipped, not built). When it fails, the document is parsed again in full so the
-/// error names the real problem (bad syntax, nesting too deep) first.
+/// are skipped, not built). When it fails, the document is scanned again (without
+/// building it) so the error names the real problem (bad syntax, nesting too deep) first.
+/// A batch holds at most [`MAX_BATCH`] events: nothing is allocated per item beyond that.
 pub fn decode_events_json(bytes: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
     check_utf8(bytes)?;
-    decode_fast(bytes).map_err(|e| match parse_json(bytes) {
+    decode_fast(bytes).map_err(|e| match check_syntax(bytes) {
         Err(syntax) => syntax,
-        Ok(_) => e,
+        Ok(()) => e,
     })
+}
+
+/// Most events in one batch. Event Grid sends at most 5,000 (`maxEventsPerBatch`); without
+/// a bound, a 4 MiB body of `{},{},…` made the decoder allocate ≈ 250 MB of envelopes
+/// before refusing the first one (found by the hostile-input test).
+pub const MAX_BATCH: usize = 5000;
+
+const TOO_MANY: &str = "too many events in one batch";
+
+/// A JSON array of at most [`MAX_BATCH`] items.
+struct Bounded<T>(Vec<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Bounded<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Items<T> {
+            type Value = Bounded<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of events")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    if items.len() == MAX_BATCH {
+                        return Err(serde::de::Error::custom(TOO_MANY));
+                    }
+                    items.push(item);
+                }
+                Ok(Bounded(items))
+            }
+        }
+        d.deserialize_seq(Items(std::marker::PhantomData))
+    }
 }
 
 fn decode_fast(bytes: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
@@ -101,7 +135,7 @@ fn decode_fast(bytes: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
             // One pass over a well-formed batch; the item-by-item path below only runs to
             // find and name the bad item when this fails.
             // (CloudEvents go item by item: the SDK needs each whole event.)
-            if let Ok(wires) = serde_json::from_slice::<Vec<Wire<'_>>>(bytes)
+            if let Ok(Bounded(wires)) = serde_json::from_slice::<Bounded<Wire<'_>>>(bytes)
                 && !wires.is_empty()
                 && wires.iter().all(|w| w.specversion.is_none())
             {
@@ -111,7 +145,16 @@ fn decode_fast(bytes: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
                     .map(|(i, w)| decode_wire(w, None).map_err(|e| e.at(format_args!("event {i}"))))
                     .collect();
             }
-            let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(not_json)?;
+            let items: Vec<&RawValue> = match serde_json::from_slice::<Bounded<&RawValue>>(bytes) {
+                Ok(Bounded(items)) => items,
+                Err(e) if e.to_string().starts_with(TOO_MANY) => {
+                    return Err(DecodeError::new(
+                        code::BAD_ENVELOPE,
+                        format!("the batch has more than {MAX_BATCH} events (Event Grid sends at most {MAX_BATCH})"),
+                    ));
+                }
+                Err(e) => return Err(not_json(e)),
+            };
             if items.is_empty() {
                 return Err(DecodeError::new(
                     code::BAD_ENVELOPE,
@@ -232,16 +275,71 @@ pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, DecodeError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(DecodeError::new(code::NOT_JSON, "the body is empty: expected JSON"));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
-        if e.to_string().contains("recursion limit") {
-            DecodeError::new(
-                code::TOO_DEEP,
-                format!("the JSON is nested too deeply (line {}, column {})", e.line(), e.column()),
-            )
-        } else {
-            DecodeError::new(code::NOT_JSON, format!("the body is not valid JSON: {e}"))
+    serde_json::from_slice(bytes).map_err(json_error)
+}
+
+/// As [`parse_json`], without building the document.
+fn check_syntax(bytes: &[u8]) -> Result<(), DecodeError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(DecodeError::new(code::NOT_JSON, "the body is empty: expected JSON"));
+    }
+    serde_json::from_slice::<Syntax>(bytes).map(|_| ()).map_err(json_error)
+}
+
+/// Any JSON value, read and dropped. Unlike `IgnoredAny` (which serde_json skips in a loop)
+/// it descends through `deserialize_any`, so serde_json's nesting limit still applies.
+struct Syntax;
+
+impl<'de> serde::Deserialize<'de> for Syntax {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Syntax;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Syntax, E> {
+                Ok(Syntax)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Syntax, E> {
+                Ok(Syntax)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Syntax, E> {
+                Ok(Syntax)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Syntax, E> {
+                Ok(Syntax)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Syntax, E> {
+                Ok(Syntax)
+            }
+            fn visit_unit<E>(self) -> Result<Syntax, E> {
+                Ok(Syntax)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Syntax, A::Error> {
+                while seq.next_element::<Syntax>()?.is_some() {}
+                Ok(Syntax)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Syntax, A::Error> {
+                while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+                    map.next_value::<Syntax>()?;
+                }
+                Ok(Syntax)
+            }
         }
-    })
+        d.deserialize_any(V)
+    }
+}
+
+fn json_error(e: serde_json::Error) -> DecodeError {
+    if e.to_string().contains("recursion limit") {
+        DecodeError::new(
+            code::TOO_DEEP,
+            format!("the JSON is nested too deeply (line {}, column {})", e.line(), e.column()),
+        )
+    } else {
+        DecodeError::new(code::NOT_JSON, format!("the body is not valid JSON: {e}"))
+    }
 }
 
 pub fn json_kind(v: &serde_json::Value) -> &'static str {

@@ -51,3 +51,21 @@ fn invalid_utf8_anywhere_is_refused() {
     let e = parse_invocation(&inv).unwrap_err();
     assert!(e.message.contains("not UTF-8"), "{e}");
 }
+
+/// The hostile-input test: a 4 MiB body of `{},{},…` (1.4 M items) was split into that many
+/// envelopes before the first was refused. A batch is now bounded.
+#[test]
+fn batches_are_bounded() {
+    let many = format!("[{}{{}}]", "{},".repeat(cmkguard_events::MAX_BATCH));
+    let e = decode_events_json(many.as_bytes()).unwrap_err();
+    assert_eq!(e.code, code::BAD_ENVELOPE, "{e}");
+    assert!(e.message.contains("more than 5000 events"), "{e}");
+    // Syntax errors still come first, and are found without building the document.
+    let e = decode_events_json(format!("[{}", "{},".repeat(10)).as_bytes()).unwrap_err();
+    assert_eq!(e.code, code::NOT_JSON, "{e}");
+    let e = decode_events_json("[".repeat(1000).as_bytes()).unwrap_err();
+    assert_eq!(e.code, code::TOO_DEEP, "{e}");
+    // Below the bound, the first bad item is named as before.
+    let e = decode_events_json(b"[{},{}]").unwrap_err();
+    assert!(e.message.starts_with("event 0: neither an Event Grid event"), "{e}");
+}
