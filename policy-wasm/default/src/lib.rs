@@ -135,11 +135,11 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn report(&mut self, rule: &str, severity: Severity, resource: &str, title: &str, message: String) {
-        if severity_rank(severity) >= severity_rank(self.cfg.notify_min) {
-            if let Some(channel) = &self.cfg.channels[severity_rank(severity) as usize] {
-                let title = format!("[{}] {rule}: {title}", severity_name(severity));
-                self.out.notify(channel, severity, title, message.clone());
-            }
+        if severity_rank(severity) >= severity_rank(self.cfg.notify_min)
+            && let Some(channel) = &self.cfg.channels[severity_rank(severity) as usize]
+        {
+            let title = format!("[{}] {rule}: {title}", severity_name(severity));
+            self.out.notify(channel, severity, title, message.clone());
         }
         self.out.finding(rule, severity, resource, message);
     }
