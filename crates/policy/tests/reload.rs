@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use cmkguard_policy::source::sha256_hex;
 use cmkguard_policy::{LoadError, PolicyEngine, PolicyHost, PolicySource, Refresh};
 use common::https::HttpsFiles;
-use common::{built, engine, sample_input};
+use common::{built, patient_engine as engine, sample_input};
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("cmkguard-policy-{tag}-{}", std::process::id()));

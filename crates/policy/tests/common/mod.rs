@@ -24,6 +24,13 @@ pub fn engine() -> PolicyEngine {
         .unwrap()
 }
 
+/// An engine whose deadline outlasts a busy machine's scheduling hiccups (5 s): for tests
+/// about something else than deadlines, whose worker threads may outnumber the cores.
+pub fn patient_engine() -> PolicyEngine {
+    PolicyEngine::new(Limits { memory_bytes: 64 << 20, timeout: Duration::from_secs(5), ..Limits::default() }, None)
+        .unwrap()
+}
+
 /// The component built by build.rs from the core module `tests/data/<name>`.
 pub fn component(name: &str) -> Vec<u8> {
     let file = Path::new(env!("CMKGUARD_TEST_COMPONENTS")).join(name.replace(".wat", ".wasm"));
