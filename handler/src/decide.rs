@@ -1,6 +1,8 @@
 //! The decide stage: facts → decision by the sandboxed WebAssembly policy
 //! ([`cmkguard_policy`]), behind [`crate::pipeline::Decide`]; plus the https client the
-//! policy loader uses for pinned URLs and the hot-reload manifest.
+//! policy loader uses for pinned URLs and the hot-reload manifest, and the alert for a
+//! refused hot reload ([`alert_refusals`]: chat channels and an audit record, through
+//! the act stage's notifier and ledger).
 //!
 //! Evaluation is CPU-bound and bounded by the policy deadline. A fresh-sandbox
 //! evaluation of the default policy takes tens of microseconds (BENCHMARKS.md
@@ -8,16 +10,32 @@
 //! async worker. A policy that has been measured slower than [`INLINE_LIMIT`] (e.g. a
 //! Python one, ~2 ms) runs on the blocking pool so it cannot stall other requests.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cmkguard_model::PolicyInput;
+use chrono::{DateTime, Utc};
+use cmkguard_model::{PolicyInput, Severity};
+use cmkguard_notify::Notification;
 use cmkguard_policy::{Fetch, Limits, PolicyEngine, PolicyHost, PolicySource};
+use tokio::sync::mpsc;
 
+use crate::act::ActStage;
 use crate::config::PolicyConfig;
-use crate::pipeline::{Decide, Decided};
+use crate::pipeline::{ActionOutcome, ActionStatus, Decide, Decided, PolicyRef};
+
+/// Refused reloads waiting for their alert; more are dropped (and logged) until it drains.
+const REFUSALS_QUEUED: usize = 16;
+
+/// A new policy module the hot reload refused; the policy in `serving` keeps deciding.
+#[derive(Debug, Clone)]
+pub struct ReloadRefused {
+    /// What was wrong (digest mismatch, does not compile, settings refused, fetch failed…).
+    pub error: String,
+    pub serving: PolicyRef,
+    pub at: DateTime<Utc>,
+}
 
 /// Evaluations measured faster than this run inline on the async worker.
 pub const INLINE_LIMIT: Duration = Duration::from_micros(500);
@@ -27,6 +45,8 @@ pub struct PolicyDecide {
     host: Arc<PolicyHost>,
     /// Moving estimate of one evaluation, in nanoseconds.
     estimate_ns: AtomicU64,
+    /// Refused reloads, for whoever alerts on them ([`PolicyDecide::take_refusals`]).
+    refusals: Mutex<Option<mpsc::Receiver<ReloadRefused>>>,
 }
 
 impl std::fmt::Debug for PolicyDecide {
@@ -37,7 +57,7 @@ impl std::fmt::Debug for PolicyDecide {
 
 impl PolicyDecide {
     pub fn new(host: Arc<PolicyHost>) -> Self {
-        Self { host, estimate_ns: AtomicU64::new(0) }
+        Self { host, estimate_ns: AtomicU64::new(0), refusals: Mutex::new(None) }
     }
 
     /// Loads the configured policy (refusing to start with a bad one) and, when
@@ -53,11 +73,28 @@ impl PolicyDecide {
             .await
             .map_err(|e| format!("policy: {e}"))?;
         let host = Arc::new(host);
+        let decide = Self::new(host.clone());
         if let Some(every) = config.reload_every {
+            let (tx, rx) = mpsc::channel(REFUSALS_QUEUED);
+            let serving = Arc::downgrade(&host);
             // Detached: it lives as long as the runtime (the process).
-            drop(host.clone().spawn_reload(every, |_| {}));
+            drop(host.spawn_reload(every, move |e| {
+                let Some(host) = serving.upgrade() else { return };
+                let refused =
+                    ReloadRefused { error: e.to_string(), serving: host.current().reference().clone(), at: Utc::now() };
+                if tx.try_send(refused).is_err() {
+                    tracing::warn!("policy reload refusals are not being alerted fast enough; this one is only logged");
+                }
+            }));
+            *decide.refusals.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
         }
-        Ok(Self::new(host))
+        Ok(decide)
+    }
+
+    /// The refused reloads (once: the first caller gets the receiver). Hand it to
+    /// [`alert_refusals`] with the act stage, which owns the chat channels and the ledger.
+    pub fn take_refusals(&self) -> Option<mpsc::Receiver<ReloadRefused>> {
+        self.refusals.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     pub fn host(&self) -> &Arc<PolicyHost> {
@@ -95,6 +132,92 @@ impl Decide for PolicyDecide {
             Err(e) => Decided::PolicyError { policy: Some(reference), error: e.to_string() },
         }
     }
+}
+
+/// Alerts every refused reload until the sender is gone (the reload task ends with the
+/// process). Run it as a task: `tokio::spawn(alert_refusals(act, rx))`.
+pub async fn alert_refusals(stage: ActStage, mut refusals: mpsc::Receiver<ReloadRefused>) {
+    while let Some(refused) = refusals.recv().await {
+        alert_refused(&stage, &refused).await;
+    }
+}
+
+/// Alerts one refused reload like a policy failure (high severity, to every configured
+/// channel, deduplicated per error within the notification window) and records it in the
+/// ledger as an audit record of its own (`policy-reload-refused:…`, a policy error that
+/// remediated nothing). Returns the notification outcomes.
+pub async fn alert_refused(stage: &ActStage, refused: &ReloadRefused) -> Vec<ActionOutcome> {
+    const RULE: &str = "policy-reload-refused";
+    let serving = &refused.serving;
+    let short = |d: &str| d.get(..12).unwrap_or(d).to_owned();
+    let text = format!(
+        "A new policy module was refused: {}. {} {} (sha256 {}) keeps deciding; fix the new module or its manifest.",
+        refused.error,
+        serving.name,
+        serving.version,
+        short(&serving.digest)
+    );
+    // The same failure (same message) is one alert per window, whatever the ticks.
+    let error_digest = short(&cmkguard_policy::source::sha256_hex(refused.error.as_bytes()));
+    let n = Notification::new(Severity::High, "[high] cmkguard: new policy refused", text, refused.at)
+        .with_rule(RULE)
+        .with_mode(stage.mode.as_str());
+    let mut out = Vec::new();
+    match &stage.notifier {
+        None => out.push(ActionOutcome {
+            action: "notify".into(),
+            target: String::new(),
+            status: ActionStatus::Skipped,
+            detail: "refused policy reload not alerted: no chat channels are configured".into(),
+        }),
+        Some(notifier) => {
+            for ch in notifier.channels().iter() {
+                let rule = format!("{RULE}@{}", ch.name);
+                match stage.ledger.should_send(&rule, "policy", &error_digest, stage.dedupe_window).await {
+                    Ok(false) => {
+                        out.push(ActionOutcome {
+                            action: "notify".into(),
+                            target: ch.name.clone(),
+                            status: ActionStatus::Skipped,
+                            detail: "already alerted within the dedupe window".into(),
+                        });
+                        continue;
+                    }
+                    Ok(true) => {}
+                    Err(e) => tracing::warn!(error = %e, "alert dedupe unavailable; sending anyway"),
+                }
+                let delivery = notifier.send(ch, &n).await;
+                if !delivery.is_sent()
+                    && let Err(e) = stage.ledger.forget_send(&rule, "policy", &error_digest).await
+                {
+                    tracing::warn!(error = %e, "could not forget a failed alert; the next one waits for the window");
+                }
+                out.push(delivery.outcome(&ch.name));
+            }
+        }
+    }
+    // One record per failure and window too (a manifest that stays unreachable fails every tick).
+    let record_rule = format!("{RULE}@ledger");
+    if !stage.ledger.should_send(&record_rule, "policy", &error_digest, stage.dedupe_window).await.unwrap_or(true) {
+        return out;
+    }
+    let record = cmkguard_ledger::AuditRecord {
+        event_id: format!("{RULE}:{}:{error_digest}", refused.at.timestamp_millis()),
+        event_type: "cmkguard.PolicyReloadRefused".into(),
+        subject: serving.name.clone(),
+        event_time: refused.at,
+        recorded_at: Utc::now(),
+        mode: stage.mode.as_str().into(),
+        decided: Decided::PolicyError {
+            policy: Some(serving.clone()),
+            error: format!("reload refused: {}", refused.error),
+        },
+        actions: out.clone(),
+    };
+    if let Err(e) = stage.ledger.record(&record).await {
+        tracing::error!(error = %e, "could not record the refused policy reload");
+    }
+    out
 }
 
 /// Fetches policy modules and manifests over https (bounded size and time).
@@ -187,5 +310,67 @@ mod tests {
         c.source = Some("/nonexistent/policy.wasm".into());
         let e = PolicyDecide::from_config(&c).await.unwrap_err();
         assert!(e.contains("/nonexistent/policy.wasm"), "{e}");
+    }
+
+    /// A module replaced by a broken one under the reload task: the old policy keeps
+    /// deciding, the refusal reaches the chat channel once and is recorded in the ledger.
+    #[cfg(feature = "demo")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_reload_is_alerted_once_and_recorded() {
+        use cmkguard_ledger::ListQuery;
+
+        let dir = tempfile::tempdir().unwrap();
+        let sink = cmkguard_notify::sink::ChatSink::start().await.unwrap();
+        let db = dir.path().join("ledger.db");
+        let mut app = crate::cli::demo::local_config(crate::config::Mode::Monitor, &db).unwrap();
+        app.channels = vec![crate::cli::demo::sink_channel(&sink, "ops")];
+        let ledger = cmkguard_ledger::open(&format!("sqlite:{}", db.display()), None).await.unwrap();
+        let stage = ActStage::new(&app, ledger.clone(), None).unwrap();
+
+        let module = dir.path().join("policy.wasm");
+        std::fs::write(&module, cmkguard_policy::DEFAULT_POLICY).unwrap();
+        let mut c = config("{}");
+        c.source = Some(module.display().to_string());
+        c.reload_every = Some(Duration::from_millis(50));
+        let decide = PolicyDecide::from_config(&c).await.unwrap();
+        let refusals = decide.take_refusals().expect("reloading, so refusals are reported");
+        assert!(decide.take_refusals().is_none(), "one consumer");
+        let alerts = tokio::spawn(alert_refusals(stage.clone(), refusals));
+
+        std::fs::write(&module, b"\0asm\x0d\0\x01\0broken").unwrap();
+        let got = sink.wait_for(1, Duration::from_secs(20)).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].channel, "ops");
+        assert!(got[0].title().unwrap_or_default().contains("new policy refused"), "{}", got[0].summary());
+        let body = got[0].body.to_string();
+        assert!(body.contains("does not compile") && body.contains("cmkguard-default"), "{body}");
+
+        // The old module keeps deciding.
+        match decide.decide(&cmkguard_policy::sample::sample_input(2)).await {
+            Decided::Decision { policy, .. } => assert_eq!(policy.name, "cmkguard-default"),
+            other => panic!("{other:?}"),
+        }
+        // Recorded once; the same refusal again is neither re-sent nor re-recorded.
+        let records = |all: Vec<cmkguard_ledger::AuditRecord>| {
+            all.into_iter().filter(|r| r.event_type == "cmkguard.PolicyReloadRefused").collect::<Vec<_>>()
+        };
+        let recorded = records(ledger.list(&ListQuery::default()).await.unwrap());
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert!(
+            matches!(&recorded[0].decided, Decided::PolicyError { error, .. } if error.contains("does not compile"))
+        );
+        let again = ReloadRefused {
+            error: match &recorded[0].decided {
+                Decided::PolicyError { error, .. } => error.trim_start_matches("reload refused: ").to_owned(),
+                Decided::Decision { .. } => unreachable!(),
+            },
+            serving: decide.host().current().reference().clone(),
+            at: Utc::now(),
+        };
+        let out = alert_refused(&stage, &again).await;
+        assert!(out.iter().all(|o| o.status == ActionStatus::Skipped), "{out:?}");
+        assert_eq!(records(ledger.list(&ListQuery::default()).await.unwrap()).len(), 1);
+        assert_eq!(sink.received().len(), 1);
+        alerts.abort();
     }
 }

@@ -23,13 +23,6 @@ pub mod logging;
 pub mod pipeline;
 pub mod sweep;
 
-/// Threads of the async runtime's blocking pool at most (it runs slow policy evaluations
-/// and ledger reads). Bounded so an overload queues evaluations instead of starting
-/// hundreds of threads that share the cores, miss the policy deadline and fail safe.
-pub fn blocking_threads() -> usize {
-    2 * std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(2).max(2)
-}
-
 /// Shared by every request: configuration, the pipeline and counters.
 #[derive(Debug)]
 pub struct AppState {
@@ -44,7 +37,10 @@ impl AppState {
     /// Builds the state a server needs from validated configuration.
     pub async fn from_config(config: config::Config) -> Result<Self, String> {
         let mut pipeline = pipeline::Pipeline::logging_only();
-        pipeline.decide = std::sync::Arc::new(decide::PolicyDecide::from_config(&config.policy).await?);
+        let policy = decide::PolicyDecide::from_config(&config.policy).await?;
+        // Refused hot reloads are alerted and recorded by the act stage's channels and ledger.
+        let reload_refusals = policy.take_refusals();
+        pipeline.decide = std::sync::Arc::new(policy);
         // A real deployment always has Azure; building the clients contacts nothing yet.
         let enrich = enrich::AzureEnrich::from_config(&config)?;
         // The act stage shares the enrich stage's Azure clients (one token cache, one pool).
@@ -52,6 +48,10 @@ impl AppState {
         pipeline.enrich = std::sync::Arc::new(enrich);
         let act = act::ActStage::from_config(&config, Some(azure.clone())).await?;
         pipeline.act = std::sync::Arc::new(act.clone());
+        if let Some(refusals) = reload_refusals {
+            // Detached: it ends when the reload task (and so the process) does.
+            drop(tokio::spawn(decide::alert_refusals(act.clone(), refusals)));
+        }
         let sweeper = sweep::Sweeper { clients: azure, act, subscriptions: config.azure.subscriptions.clone() };
         Ok(Self { config, pipeline, stats: api::Stats::default(), sweeper: Some(sweeper) })
     }
