@@ -23,6 +23,13 @@ pub mod logging;
 pub mod pipeline;
 pub mod sweep;
 
+/// Threads of the async runtime's blocking pool at most (it runs slow policy evaluations
+/// and ledger reads). Bounded so an overload queues evaluations instead of starting
+/// hundreds of threads that share the cores, miss the policy deadline and fail safe.
+pub fn blocking_threads() -> usize {
+    2 * std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(2).max(2)
+}
+
 /// Shared by every request: configuration, the pipeline and counters.
 #[derive(Debug)]
 pub struct AppState {
