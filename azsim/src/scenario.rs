@@ -50,7 +50,9 @@ impl TimeSpec {
             if num.len() < 2 {
                 return Err(format!("bad relative time {s:?}: missing amount or unit"));
             }
-            let (digits, unit) = num.split_at(num.len() - 1);
+            // The unit is the last character, which may be more than one byte (found by fuzzing).
+            let unit_at = num.char_indices().last().map_or(0, |(i, _)| i);
+            let (digits, unit) = num.split_at(unit_at);
             let n: i64 =
                 digits.parse().map_err(|_| format!("bad relative time {s:?}: {digits:?} is not a whole number"))?;
             let secs = match unit {
@@ -532,6 +534,9 @@ mod tests {
         assert_eq!(TimeSpec::parse("now-1h").unwrap().resolve(now).to_rfc3339(), "2025-12-31T23:00:00+00:00");
         assert!(TimeSpec::parse("now+10x").unwrap_err().contains("unit"));
         assert!(TimeSpec::parse("tomorrow").unwrap_err().contains("RFC 3339"));
+        // A multi-byte last character panicked (fuzz/artifacts/scenario, "now+67Ж").
+        assert!(TimeSpec::parse("now+67Ж").unwrap_err().contains("unit"));
+        assert!(TimeSpec::parse("now-Ж").is_err());
     }
 
     #[test]
