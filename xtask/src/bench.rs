@@ -98,6 +98,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let load_before = loadavg();
     let started = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
+    // Rows are also printed as soon as they are measured, so a run cut short still tells.
+    let mut printed = 0;
 
     if wanted(opts, "policy") {
         eprintln!("== policy decision (cmkguard policy bench builtin)");
@@ -134,6 +136,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             format!("max over the loads ({label}); {}", all.join(", ")),
         ));
     }
+    print_new(&rows, &mut printed);
     if wanted(opts, "cold-start") {
         eprintln!("== cold start (cmkguard serve against a local azsim)");
         match cold_start(&root, &bin, &work, opts.quick) {
@@ -143,6 +146,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             }
         }
     }
+    print_new(&rows, &mut printed);
     if wanted(opts, "sweep") {
         eprintln!("== sweep of 10,000 registries (cargo bench -p cmkguard --bench sweep)");
         match sweep(&root, opts.quick) {
@@ -151,6 +155,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     }
 
+    print_new(&rows, &mut printed);
     let load_after = loadavg();
     let header = format!(
         "`cargo xtask bench{}` at {} (commit {}), {:.0} s; machine: {}; load average (1/5/15 min) before {load_before}, after {load_after}",
@@ -170,6 +175,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         bail!("some rows were not measured (see the table)");
     }
     Ok(())
+}
+
+fn print_new(rows: &[Row], printed: &mut usize) {
+    for r in &rows[*printed..] {
+        eprintln!("   => {}: {} (target {}, met: {})", r.what, r.measured, r.target, yes_no(r.met));
+    }
+    *printed = rows.len();
 }
 
 fn utc_now() -> String {

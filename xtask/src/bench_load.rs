@@ -14,6 +14,8 @@ use hyper_util::rt::TokioIo;
 
 /// The event id in `examples/invocations/KeyVaultEvents.key-near-expiry.json`, replaced per request.
 const FIXTURE_EVENT_ID: &str = "00eccf70-95a7-4e7c-8299-2eb17ee9ad64";
+/// The key the fixture's event is about (its subject and object name).
+const FIXTURE_KEY_NAME: &str = "newsecret";
 /// The invocation every shape is built from (the Functions host's real request shape).
 pub const INVOCATION_FIXTURE: &str = "examples/invocations/KeyVaultEvents.key-near-expiry.json";
 /// The direct-mode key `bench_serve` is started with.
@@ -70,13 +72,21 @@ impl Template {
                 let inv: serde_json::Value = serde_json::from_str(&text)?;
                 let event = inv["Data"]["event"].as_str().context("the invocation has no Data.event string")?;
                 let event = event.trim();
-                let (pre, post) = event.split_once(FIXTURE_EVENT_ID).context("event id not in Data.event")?;
-                let mut parts = Vec::with_capacity(n + 1);
-                parts.push(format!("[{pre}"));
-                for _ in 1..n {
-                    parts.push(format!("{post},{pre}"));
+                if !event.contains(FIXTURE_KEY_NAME) {
+                    bail!("the fixture's event is no longer about key {FIXTURE_KEY_NAME:?}");
                 }
-                parts.push(format!("{post}]"));
+                // Each event of a batch about its own key (same name length), as a vault with
+                // many keys sends them; events about one key would be handled one by one.
+                let nth = |i: usize| event.replace(FIXTURE_KEY_NAME, &format!("newsec{:03}", i % 1000));
+                let mut parts = Vec::with_capacity(n + 1);
+                let mut prev_post = String::from("[");
+                for i in 0..n {
+                    let e = nth(i);
+                    let (pre, post) = e.split_once(FIXTURE_EVENT_ID).context("event id not in Data.event")?;
+                    parts.push(format!("{prev_post}{}{pre}", if i > 0 { "," } else { "" }));
+                    prev_post = post.to_owned();
+                }
+                parts.push(format!("{prev_post}]"));
                 Ok(Self { path: "/api/events", parts, key: Some(BENCH_WEBHOOK_KEY.to_owned()) })
             }
         }
@@ -321,5 +331,7 @@ mod tests {
         let ids: std::collections::HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
         assert_eq!(ids.len(), 100);
         assert!(events.iter().all(|e| e["eventType"] == "Microsoft.KeyVault.KeyNearExpiry"));
+        let subjects: std::collections::HashSet<&str> = events.iter().map(|e| e["subject"].as_str().unwrap()).collect();
+        assert_eq!(subjects.len(), 100, "one key per event");
     }
 }
