@@ -54,6 +54,7 @@ pub fn handle(w: &mut World, ctx: &Ctx) -> Reply {
                 w.call_counts.iter().map(|(r, n)| (r.as_str().to_owned(), json!(n))).collect();
             ok(json!({"counts": counts, "log": w.calls}))
         }
+        ("GET", ["writes"]) => ok(json!({"writes": w.writes})),
         ("POST", ["faults"]) => {
             let route = match route_field(&body) {
                 Ok(r) => r,

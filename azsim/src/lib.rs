@@ -39,7 +39,9 @@ use tokio::task::JoinHandle;
 
 pub use faults::{FaultKind, Route};
 pub use scenario::{Scenario, ScenarioError};
-pub use world::{ARM_AUDIENCE, ARM_HOST, CallRecord, HSM_SUFFIX, LOGIN_HOST, VAULT_AUDIENCE, VAULT_SUFFIX};
+pub use world::{
+    ARM_AUDIENCE, ARM_HOST, CallRecord, HSM_SUFFIX, LOGIN_HOST, RegistryWrite, VAULT_AUDIENCE, VAULT_SUFFIX,
+};
 
 /// Host names a client must resolve to azsim's address (plus one per vault:
 /// `<vault>.vault.azsim.test`; see [`Running::host_names`]).
@@ -283,6 +285,10 @@ impl Running {
     /// The call log (capped at 100,000 entries).
     pub fn call_log(&self) -> Vec<CallRecord> {
         self.shared.lock().calls.clone()
+    }
+    /// Every accepted registry write (PUT/PATCH), with the key it asked for; never capped.
+    pub fn registry_writes(&self) -> Vec<RegistryWrite> {
+        self.shared.lock().writes.clone()
     }
     /// Every event azsim produced (also those not delivered to a webhook).
     pub fn events(&self) -> Vec<Value> {

@@ -175,6 +175,21 @@ pub struct CallRecord {
     pub status: u16,
 }
 
+/// One accepted registry write: what was asked of which registry (for soak checks such as
+/// "no registry was moved to the same key twice").
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryWrite {
+    /// `subscription/resourcegroup/name`, lower case.
+    pub registry: String,
+    pub operation: String,
+    /// The key identifier the write asks for (`None`: no customer-managed key).
+    pub key_identifier: Option<String>,
+    pub key_changed: bool,
+    pub caller: String,
+    pub at: String,
+}
+
 /// An ARM-style error: status, code, message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
@@ -310,6 +325,8 @@ pub struct World {
     pub tokens: HashMap<String, TokenInfo>,
     pub faults: Faults,
     pub calls: Vec<CallRecord>,
+    /// Every accepted registry write (PUT/PATCH that started an operation), never capped.
+    pub writes: Vec<RegistryWrite>,
     pub call_counts: HashMap<Route, u64>,
     pub events: Vec<Value>,
     pub lro_polls: u32,
@@ -442,6 +459,7 @@ impl World {
             tokens: HashMap::new(),
             faults: Faults::default(),
             calls: Vec::new(),
+            writes: Vec::new(),
             call_counts: HashMap::new(),
             events: Vec::new(),
             lro_polls,
@@ -826,6 +844,16 @@ impl World {
     pub fn start_operation(&mut self, registry_key: &str, new_doc: Value, key_changed: bool, caller: &str) -> String {
         self.op_counter += 1;
         let id = format!("registries-{}", uuid::Uuid::new_v4());
+        self.writes.push(RegistryWrite {
+            registry: registry_key.to_owned(),
+            operation: id.clone(),
+            key_identifier: new_doc["properties"]["encryption"]["keyVaultProperties"]["keyIdentifier"]
+                .as_str()
+                .map(str::to_owned),
+            key_changed,
+            caller: caller.to_owned(),
+            at: rfc3339(self.now()),
+        });
         let (status, error) = match self.lro_fail_next.take() {
             Some((code, msg)) => ("Failed", Some((code, msg))),
             None => ("Succeeded", None),

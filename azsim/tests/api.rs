@@ -190,6 +190,16 @@ async fn rotate_registry_key_round_trip_with_lro() {
     assert_eq!(write["data"]["operationName"], "Microsoft.ContainerRegistry/registries/write");
     assert_eq!(write["subject"], after["id"]);
     assert_eq!(sim.calls(Route::ArmOperationStatus), 3);
+
+    // The accepted write is logged with the key it asked for (library and control API).
+    let writes = sim.registry_writes();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0].key_identifier.as_deref(), Some(new_kid.as_str()));
+    assert!(writes[0].registry.ends_with("/acrpinned") && writes[0].key_changed, "{writes:?}");
+    let listed: Value =
+        c.get(format!("{}/_azsim/writes", sim.arm_endpoint())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["writes"][0]["keyIdentifier"], new_kid.as_str(), "{listed}");
+    assert_eq!(listed["writes"][0]["operation"], op_url.rsplit('/').next().unwrap().split('?').next().unwrap());
 }
 
 #[tokio::test]
