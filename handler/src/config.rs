@@ -128,6 +128,13 @@ pub struct Settings {
     #[arg(long, env = "CMKGUARD_RETENTION_DAYS", default_value_t = 400)]
     pub retention_days: u32,
 
+    /// How long one invocation holds an event's claim, in seconds. A redelivery of an event
+    /// whose handler died (crash, SIGKILL, scale-in) is answered "in progress" (retryable)
+    /// until the claim lapses. Must exceed the longest invocation: at least twice the Azure
+    /// budget plus 30 s (notification retries).
+    #[arg(long, env = "CMKGUARD_CLAIM_TTL_SECS", default_value_t = 300)]
+    pub claim_ttl_secs: u64,
+
     /// Chat channels as `name=kind` pairs (kind: teams, slack, webhook), comma-separated.
     /// Each channel's URL comes from CMKGUARD_CHANNEL_<NAME>_URL (a secret), and a
     /// webhook channel's signing key from CMKGUARD_CHANNEL_<NAME>_SECRET.
@@ -196,6 +203,8 @@ pub struct Config {
     pub channels: Vec<Channel>,
     pub notify_dedupe: Duration,
     pub enable_vault_key_rotation: bool,
+    /// How long an invocation holds an event's claim (CMKGUARD_CLAIM_TTL_SECS).
+    pub claim_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +300,16 @@ impl Config {
         if s.retention_days == 0 {
             return Err(invalid("CMKGUARD_RETENTION_DAYS", "must be at least 1"));
         }
+        let min_claim = 2 * s.azure_budget_secs + 30;
+        if !(min_claim..=86_400).contains(&s.claim_ttl_secs) {
+            return Err(invalid(
+                "CMKGUARD_CLAIM_TTL_SECS",
+                format!(
+                    "{} is out of range: at least twice CMKGUARD_AZURE_BUDGET_SECS plus 30 ({min_claim}), at most 86400",
+                    s.claim_ttl_secs
+                ),
+            ));
+        }
         let channels = channels(&s.channels, &env)?;
         Ok(Self {
             listen: SocketAddr::new(s.bind, s.port),
@@ -311,6 +330,7 @@ impl Config {
             channels,
             notify_dedupe: Duration::from_secs(s.notify_dedupe_hours * 3600),
             enable_vault_key_rotation: s.enable_vault_key_rotation,
+            claim_ttl: Duration::from_secs(s.claim_ttl_secs),
         })
     }
 }
@@ -457,6 +477,9 @@ mod tests {
         assert!(c.webhook_key.is_none());
         assert!(!c.enable_vault_key_rotation);
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.claim_ttl, Duration::from_secs(300));
+        let short = Config::from_settings(parse(&["--azure-budget-secs", "5", "--claim-ttl-secs", "40"]), |_| None);
+        assert_eq!(short.unwrap().claim_ttl, Duration::from_secs(40));
     }
 
     #[test]
@@ -474,6 +497,8 @@ mod tests {
             (&["--channels", "ops=teams"], "CMKGUARD_CHANNEL_OPS_URL"),
             (&["--log", "=[bad"], "CMKGUARD_LOG"),
             (&["--max-body-bytes", "10"], "CMKGUARD_MAX_BODY_BYTES"),
+            (&["--claim-ttl-secs", "59"], "CMKGUARD_CLAIM_TTL_SECS"),
+            (&["--azure-budget-secs", "5", "--claim-ttl-secs", "39"], "CMKGUARD_CLAIM_TTL_SECS"),
         ];
         for (args, needle) in cases {
             let err = Config::from_settings(parse(args), |_| None).unwrap_err().to_string();

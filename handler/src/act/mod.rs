@@ -34,7 +34,8 @@ pub mod audit;
 pub mod notify;
 pub mod rotate;
 
-/// How long one attempt may hold an event's claim before another may take it over.
+/// How long one attempt may hold an event's claim before another may take it over, unless
+/// configured (`CMKGUARD_CLAIM_TTL_SECS`).
 pub const CLAIM_TTL: Duration = Duration::from_secs(300);
 /// How long a registry lease is held (renewed by nothing: a rotation start fits in it).
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
@@ -54,6 +55,8 @@ pub struct ActStage {
     pub enable_vault_key_rotation: bool,
     /// Time an invocation may spend on Azure calls (a rotation's LRO polling included).
     pub budget: Duration,
+    /// How long an attempt holds an event's claim (a dead handler's claim lapses after it).
+    pub claim_ttl: Duration,
 }
 
 impl std::fmt::Debug for ActStage {
@@ -144,7 +147,7 @@ impl ActStage {
             let changed = matches!(step.status, ActionStatus::Done | ActionStatus::Pending);
             out.push(step);
             if changed {
-                match self.ledger.checkpoint(ticket, &out, CLAIM_TTL).await {
+                match self.ledger.checkpoint(ticket, &out, self.claim_ttl).await {
                     Ok(t) => *ticket = t,
                     Err(e) => return Err(Retry(format!("checkpoint: {e}"))),
                 }
@@ -171,7 +174,7 @@ impl Act for ActStage {
         input: &PolicyInput,
         decided: &Decided,
     ) -> Result<Vec<ActionOutcome>, StageError> {
-        let mut ticket = match self.ledger.claim(&event.id, CLAIM_TTL).await.map_err(|e| ledger_error(&e))? {
+        let mut ticket = match self.ledger.claim(&event.id, self.claim_ttl).await.map_err(|e| ledger_error(&e))? {
             Claim::AlreadyDone(record) => {
                 tracing::info!(event_id = %event.id, "redelivery of a handled event: nothing repeated");
                 return Ok(vec![outcome(
@@ -265,6 +268,7 @@ impl ActStage {
             dedupe_window: config.notify_dedupe,
             enable_vault_key_rotation: config.enable_vault_key_rotation,
             budget: config.azure.budget,
+            claim_ttl: config.claim_ttl,
         })
     }
 }
