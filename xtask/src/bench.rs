@@ -555,6 +555,8 @@ fn sweep(root: &Path, quick: bool) -> anyhow::Result<Row> {
         .args(["bench", "--locked", "-p", "cmkguard", "--bench", "sweep"])
         .env("SWEEP_REGISTRIES", "10000")
         .env("SWEEP_RUNS", runs.to_string())
+        // The shipped sweep only, not the bench's earlier per-registry baseline.
+        .env("SWEEP_BASELINE", "0")
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo bench --bench sweep")?;
@@ -565,7 +567,9 @@ fn sweep(root: &Path, quick: bool) -> anyhow::Result<Row> {
     if !out.status.success() {
         bail!("the sweep bench failed");
     }
-    let s = number_after(&text, "median: ").context("no median in the sweep bench output")?;
+    let s = number_after(&text, "sweep median: ")
+        .or_else(|| number_after(&text, "median: "))
+        .context("no median in the sweep bench output")?;
     Ok(Row::new(
         "sweep of 10,000 registries (azsim, monitor)",
         "≤ 5 s",
