@@ -59,7 +59,12 @@ impl AppState {
             // Detached: it ends when the reload task (and so the process) does.
             drop(tokio::spawn(decide::alert_refusals(act.clone(), refusals)));
         }
-        let sweeper = sweep::Sweeper { clients: azure, act, subscriptions: config.azure.subscriptions.clone() };
+        let sweeper = sweep::Sweeper {
+            clients: azure,
+            act,
+            subscriptions: config.azure.subscriptions.clone(),
+            settings: config.policy.settings.clone(),
+        };
         Ok(Self { config, pipeline, stats: api::Stats::default(), sweeper: Some(sweeper) })
     }
 

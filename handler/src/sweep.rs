@@ -3,21 +3,38 @@
 //! finishing the rotations parked as pending. It catches registries created before
 //! deployment and events lost to dead-letter. Used by the `Sweep` timer function and
 //! `cmkguard sweep`.
+//!
+//! ## Where the facts come from
+//!
+//! One Resource Graph listing gives every registry **with its properties** (encryption,
+//! identity, tags, provisioning state): the rows are turned into [`RegistryFacts`] by the
+//! same mapping as an ARM GET (`cmkguard_azure::facts::registry_facts`), so the sweep
+//! makes no per-registry ARM call. Each distinct key is then fetched once (at most
+//! [`KEY_CONCURRENCY`] at a time) and every registry is decided and acted on with
+//! [`CONCURRENCY`] in flight, each through the act stage (claim, outcome, audit record;
+//! a registry whose outcome has no side effect is one group-committed ledger write).
+//!
+//! Resource Graph may trail ARM by a few seconds. That only matters when the sweep acts
+//! (enforce): a rotation re-reads the registry over ARM right before it PATCHes, and does
+//! nothing when the registry is already on the wanted key.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use cmkguard_azure::{AzureClients, Budget};
-use cmkguard_model::{Event, EventKind, ResourceId, Severity};
+use cmkguard_azure::{AzureClients, Budget, Enricher};
+use cmkguard_model::{Event, EventKind, RegistryFacts, ResourceId, Severity};
 use serde::Serialize;
 
 use crate::act::ActStage;
 use crate::act::rotate::{PendingStats, finish_pending};
-use crate::pipeline::{ActionStatus, Decided, Pipeline, StageError};
+use crate::pipeline::{ActionStatus, Decided, EventReport, Pipeline, StageError};
 
-/// Registries evaluated at once.
-pub const CONCURRENCY: usize = 32;
+/// Registries evaluated at once. Wide enough that the ledger's group commit gathers many
+/// records per fsync; every in-flight registry holds only its facts and decision.
+pub const CONCURRENCY: usize = 128;
+/// Keys fetched at once (three Key Vault / ARM reads each) before the registries run.
+pub const KEY_CONCURRENCY: usize = 8;
 
 /// What a sweep needs beyond the pipeline.
 #[derive(Debug, Clone)]
@@ -25,6 +42,8 @@ pub struct Sweeper {
     pub clients: AzureClients,
     pub act: ActStage,
     pub subscriptions: Vec<String>,
+    /// The policy's settings JSON, passed into every input (as the enrich stage does).
+    pub settings: String,
 }
 
 /// The outcome of one sweep.
@@ -69,19 +88,29 @@ impl Sweeper {
             .map_err(|e| crate::enrich::stage_error(&e))?;
         let total = registries.len();
         let mut summary = SweepSummary { run_id: run_id.clone(), registries: total, pending, ..Default::default() };
+        // One enricher per run: its key cache is this run's "each key once".
+        let enricher = Arc::new(Enricher::new(
+            self.clients.clone(),
+            self.subscriptions.clone(),
+            self.act.budget,
+            self.settings.clone(),
+        ));
+        enricher.prefetch_keys(&registries, KEY_CONCURRENCY).await;
         let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
         let mut tasks = tokio::task::JoinSet::new();
         for r in registries {
             let Ok(id) = ResourceId::parse(&r.id) else {
+                tracing::warn!(registry = %r.id, "sweep: Resource Graph row with an id that does not parse");
                 summary.failed += 1;
                 continue;
             };
             let event = sweep_event(&run_id, id);
             let pipeline = pipeline.clone();
+            let enricher = enricher.clone();
             let sem = sem.clone();
             tasks.spawn(async move {
                 let _permit = sem.acquire_owned().await;
-                pipeline.handle(&event).await
+                evaluate(&pipeline, &enricher, &event, r).await
             });
         }
         let mut done = 0;
@@ -123,6 +152,31 @@ impl Sweeper {
         }
         Ok(summary)
     }
+}
+
+/// One registry through decide → act, with facts from its Resource Graph row (the
+/// pipeline's own enrich stage would GET the registry again over ARM).
+async fn evaluate(
+    pipeline: &Pipeline,
+    enricher: &Enricher,
+    event: &Event,
+    registry: RegistryFacts,
+) -> Result<EventReport, StageError> {
+    let now = (pipeline.clock)();
+    let input = enricher.registry_input(event, registry, now).await.map_err(|e| crate::enrich::stage_error(&e))?;
+    let decided = pipeline.decide.decide(&input).await;
+    if let Decided::PolicyError { error, .. } = &decided {
+        tracing::warn!(event_id = %event.id, %error, "policy failed; failing safe (no remediation)");
+    }
+    let actions = pipeline.act.act(event, &input, &decided).await?;
+    Ok(EventReport {
+        event_id: event.id.clone(),
+        event_type: event.event_type.clone(),
+        kind: event.kind.name().to_owned(),
+        subject: event.subject.clone(),
+        decided,
+        actions,
+    })
 }
 
 impl SweepSummary {

@@ -244,8 +244,10 @@ async fn throttled_rotation_is_retryable_and_resumes_on_redelivery() {
 async fn sweep_evaluates_every_registry_in_monitor_mode_and_changes_nothing() {
     let e = env(Mode::Monitor).await;
     let clients = demo::azsim_clients(&e.sim, e._dir.path()).unwrap();
-    let sweeper = cmkguard::sweep::Sweeper { clients, act: e.act.clone(), subscriptions: vec![] };
+    let sweeper =
+        cmkguard::sweep::Sweeper { clients, act: e.act.clone(), subscriptions: vec![], settings: "{}".into() };
     let seen = std::sync::atomic::AtomicUsize::new(0);
+    let gets = e.sim.calls(azsim::Route::ArmRegistryGet);
     let summary = sweeper
         .run(&e.pipeline, |_, _| {
             seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -258,8 +260,51 @@ async fn sweep_evaluates_every_registry_in_monitor_mode_and_changes_nothing() {
     assert!(summary.findings.values().sum::<usize>() >= 2, "{summary:?}");
     assert!(summary.compliant < summary.registries, "{summary:?}");
     assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), 0);
+    assert_eq!(e.sim.calls(azsim::Route::ArmRegistryGet), gets, "facts come from the Resource Graph rows");
     assert!(summary.table().contains("compliant"));
     // Every registry has its own audit record for this run.
     let id = format!("sweep:{}:{}", summary.run_id, e.sim.registry_id("acrnocmk").unwrap().to_ascii_lowercase());
     assert_eq!(e.ledger.get(&id).await.unwrap().unwrap().mode, "monitor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_events_on_one_registry_never_both_rotate_it() {
+    let e = env(Mode::Enforce).await;
+    let before = key_of(&e.sim, "acrpinned");
+    e.sim.rotate_key("kv-demo", "cmk-pinned");
+    let first = decode(&last_event(&e.sim));
+    // Two deliveries with different ids (e.g. the key event and a sweep's), at once, with
+    // a slow PATCH so they overlap while the registry is being changed.
+    let mut second = first.clone();
+    second.id = format!("{}-other", first.id);
+    e.sim.set_latency(azsim::Route::ArmRegistryPatch, Duration::from_millis(500));
+    let (a, b) = tokio::join!(e.pipeline.handle(&first), e.pipeline.handle(&second));
+    e.sim.clear_faults();
+    assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), 1, "exactly one of them changed the registry");
+    let acted = [&a, &b]
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .flat_map(|r| r.actions.iter())
+        .filter(|o| o.action == "rotate-registry-key" && matches!(o.status, ActionStatus::Done | ActionStatus::Pending))
+        .count();
+    assert_eq!(acted, 1, "{a:?}\n{b:?}");
+    // The other one was told to come back later (lease held) or found nothing to do.
+    for r in [&a, &b] {
+        match r {
+            Err(err) => assert_eq!(err.class, cmkguard::pipeline::ErrorClass::Retryable, "{err}"),
+            Ok(report) => assert!(
+                report.actions.iter().all(|o| o.action != "rotate-registry-key"
+                    || matches!(o.status, ActionStatus::Done | ActionStatus::Pending | ActionStatus::Skipped)),
+                "{report:?}"
+            ),
+        }
+    }
+    assert_ne!(key_of(&e.sim, "acrpinned"), before);
+    // A redelivery of the loser after the winner finished changes nothing either.
+    let retry = e.pipeline.handle(&second).await.unwrap();
+    assert!(
+        retry.actions.iter().all(|o| o.action != "rotate-registry-key" || o.status != ActionStatus::Done),
+        "{retry:?}"
+    );
+    assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), 1);
 }

@@ -5,7 +5,11 @@
 //!   registry configured with the key (Resource Graph), fetched concurrently;
 //! - registry writes: the registry (ARM, fresh) and its key's facts (none without CMK);
 //! - sweeps: the same per registry, with key and vault facts cached for a few minutes
-//!   so one run does not fetch the same key for every registry.
+//!   so one run does not fetch the same key for every registry. A sweep that already has
+//!   the registry from Resource Graph (whose rows carry the same `properties` as an ARM
+//!   GET, read by the same [`crate::facts::registry_facts`]) passes it to
+//!   [`Enricher::registry_input`] and skips the per-registry ARM GET; it fetches each
+//!   distinct key once up front with [`Enricher::prefetch_keys`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -90,16 +94,56 @@ impl Enricher {
         budget: &Budget,
     ) -> Result<(Option<KeyFacts>, Vec<RegistryFacts>), AzureError> {
         let registry = self.clients.arm.get_registry(id, budget).await?.facts;
-        let key_id = match registry.key_identifier.as_deref().filter(|_| registry.encryption_enabled) {
-            None => None,
-            Some(k) => match KeyId::parse(k) {
-                Ok(k) => Some(k),
-                Err(e) => {
-                    tracing::warn!(registry = %registry.id, error = %e, "registry's key identifier does not parse; no key facts");
-                    None
+        self.key_of(registry, cached, budget).await
+    }
+
+    /// The facts for a sweep event whose registry facts the caller already has (a
+    /// Resource Graph row): only the key's facts are fetched (cached for the run).
+    pub async fn registry_input(
+        &self,
+        event: &Event,
+        registry: RegistryFacts,
+        now: DateTime<Utc>,
+    ) -> Result<PolicyInput, AzureError> {
+        let budget = Budget::new(self.budget);
+        let (key, registries) = self.key_of(registry, true, &budget).await?;
+        Ok(PolicyInput { event: EventInfo::from(event), now, key, registries, settings: self.settings.clone() })
+    }
+
+    /// Fetches every distinct key the registries use into the cache, at most
+    /// `concurrency` at once. Failures are left for the per-registry lookup to report.
+    pub async fn prefetch_keys(&self, registries: &[RegistryFacts], concurrency: usize) {
+        use futures::StreamExt;
+        let mut seen = std::collections::HashSet::new();
+        let keys: Vec<KeyId> = registries
+            .iter()
+            .filter_map(|r| registry_key(r).ok().flatten())
+            .filter(|k| seen.insert(k.versionless().to_string().to_ascii_lowercase()))
+            .collect();
+        let budget = Budget::new(self.budget);
+        futures::stream::iter(keys)
+            .for_each_concurrent(concurrency.max(1), |k| {
+                let budget = &budget;
+                async move {
+                    if let Err(e) = self.key_facts(&k, None, true, budget).await {
+                        tracing::debug!(key = %k, error = %e, "key prefetch failed; retried per registry");
+                    }
                 }
-            },
-        };
+            })
+            .await;
+    }
+
+    /// The registry's key facts (none without CMK, or when the key is gone or out of reach).
+    async fn key_of(
+        &self,
+        registry: RegistryFacts,
+        cached: bool,
+        budget: &Budget,
+    ) -> Result<(Option<KeyFacts>, Vec<RegistryFacts>), AzureError> {
+        let key_id = registry_key(&registry).unwrap_or_else(|e| {
+            tracing::warn!(registry = %registry.id, error = %e, "registry's key identifier does not parse; no key facts");
+            None
+        });
         let key = match key_id {
             None => None,
             Some(k) => match self.key_facts(&k, None, cached, budget).await {
@@ -199,6 +243,12 @@ impl Enricher {
         self.vaults.lock().unwrap_or_else(|p| p.into_inner()).insert(host, (Instant::now(), facts.clone()));
         Ok(facts)
     }
+}
+
+/// The key a registry is configured with (`None` without CMK); `Err` when its key
+/// identifier does not parse.
+fn registry_key(registry: &RegistryFacts) -> Result<Option<KeyId>, cmkguard_model::resource::IdError> {
+    registry.key_identifier.as_deref().filter(|_| registry.encryption_enabled).map(KeyId::parse).transpose()
 }
 
 /// Shared so the handler can keep one enricher for every request.

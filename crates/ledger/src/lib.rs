@@ -132,10 +132,26 @@ pub enum Claim {
     InProgress { attempt: u32, expires_at: DateTime<Utc> },
 }
 
+/// How a parked ARM operation is followed (which header ARM named its status URL in).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PollKind {
+    /// `Azure-AsyncOperation`: a GET answers `{"status": …}`.
+    #[default]
+    AsyncOperation,
+    /// `Location`: 202 while running, 200/204 when done.
+    Location,
+}
+
 /// A started ARM operation (e.g. a registry key rotation) to be finished later, by the
 /// sweep or the next event for the same registry.
+///
+/// Stored as JSON (`pollKind` since ledger layout 3). Documents written before that kept
+/// the poll kind as a prefix of `operationUrl` (`async:` / `location:`); they still read
+/// correctly (see [`PendingOperation`]'s `Deserialize`), and the SQLite backend rewrites
+/// them once when it opens an older file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "StoredPending")]
 pub struct PendingOperation {
     /// Unique id (the caller chooses, e.g. a UUID); `add_pending` with an existing id replaces it.
     pub id: String,
@@ -143,13 +159,60 @@ pub struct PendingOperation {
     pub registry: String,
     /// The action that started it, e.g. `rotate-registry-key`.
     pub action: String,
-    /// Where ARM said to poll (`Azure-AsyncOperation` or `Location`).
+    /// Where ARM said to poll (the URL exactly as ARM sent it).
     pub operation_url: String,
+    /// Which kind of status URL `operation_url` is.
+    pub poll_kind: PollKind,
     pub started_at: DateTime<Utc>,
     /// The key id the registry should end up on.
     pub target_key: String,
     /// The event that started it.
     pub event_id: String,
+}
+
+/// [`PendingOperation`] as stored, in any layout: `pollKind` is absent in documents from
+/// before layout 3, whose `operationUrl` carries the kind as a prefix instead.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredPending {
+    id: String,
+    registry: String,
+    action: String,
+    operation_url: String,
+    #[serde(default)]
+    poll_kind: Option<PollKind>,
+    started_at: DateTime<Utc>,
+    target_key: String,
+    event_id: String,
+}
+
+impl From<StoredPending> for PendingOperation {
+    fn from(s: StoredPending) -> Self {
+        let (poll_kind, operation_url) = match s.poll_kind {
+            Some(kind) => (kind, s.operation_url),
+            None => legacy_operation_url(&s.operation_url),
+        };
+        Self {
+            id: s.id,
+            registry: s.registry,
+            action: s.action,
+            operation_url,
+            poll_kind,
+            started_at: s.started_at,
+            target_key: s.target_key,
+            event_id: s.event_id,
+        }
+    }
+}
+
+/// Splits a layout-2 `operationUrl` (`async:URL`, `location:URL`, or a bare URL meaning
+/// `Azure-AsyncOperation`) into its kind and URL.
+pub fn legacy_operation_url(stored: &str) -> (PollKind, String) {
+    match stored.split_once(':') {
+        Some(("location", rest)) => (PollKind::Location, rest.to_owned()),
+        Some(("async", rest)) => (PollKind::AsyncOperation, rest.to_owned()),
+        _ => (PollKind::AsyncOperation, stored.to_owned()),
+    }
 }
 
 /// An exclusive, expiring lock on one registry. Renew before `expires_at`; release when done.
@@ -230,6 +293,28 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     /// [`LedgerError::ClaimLost`] if the claim was taken over.
     async fn checkpoint(&self, ticket: &ClaimTicket, progress: &[ActionOutcome], ttl: Duration) -> Result<ClaimTicket>;
 
+    /// For an event whose outcome has **no side effect** (nothing to checkpoint, nothing
+    /// changed outside the ledger: e.g. a monitor-mode decision without notifications),
+    /// claims the event and writes its final record in **one** durable write.
+    ///
+    /// `None`: the event is now done with `record` (its id was new, or an earlier attempt
+    /// lapsed having done nothing). `Some(claim)`: nothing was recorded, and `claim` is what
+    /// [`Ledger::claim`] answered (a redelivery, another invocation on it, or a takeover
+    /// of an interrupted attempt, to be carried on the ordinary way: act, then
+    /// [`Ledger::complete`]).
+    ///
+    /// The default is `claim` followed by `complete` (two writes); backends that can do
+    /// both atomically override it.
+    async fn claim_or_record(&self, record: &AuditRecord, ttl: Duration) -> Result<Option<Claim>> {
+        match self.claim(&record.event_id, ttl).await? {
+            Claim::New(ticket) if ticket.progress.is_empty() => {
+                self.complete(&ticket, record).await?;
+                Ok(None)
+            }
+            other => Ok(Some(other)),
+        }
+    }
+
     /// Writes the final audit record and marks the event done, in one durable step.
     /// Fails with [`LedgerError::ClaimLost`] if the claim was taken over.
     async fn complete(&self, ticket: &ClaimTicket, record: &AuditRecord) -> Result<()>;
@@ -290,11 +375,18 @@ pub struct LedgerOptions {
     pub blob_http_client: Option<Arc<dyn azure_core::http::HttpClient>>,
     /// SQLite: most requests committed in one transaction.
     pub max_batch: usize,
+    /// SQLite: the page size of a **new** file (an existing file keeps its own).
+    pub sqlite_page_size: u32,
 }
 
 impl Default for LedgerOptions {
     fn default() -> Self {
-        Self { clock: Arc::new(SystemClock), blob_http_client: None, max_batch: 1024 }
+        Self {
+            clock: Arc::new(SystemClock),
+            blob_http_client: None,
+            max_batch: 1024,
+            sqlite_page_size: sqlite::DEFAULT_PAGE_SIZE,
+        }
     }
 }
 

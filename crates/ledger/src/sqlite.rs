@@ -88,11 +88,17 @@ CREATE TABLE IF NOT EXISTS notifications (
     sent_at     INTEGER NOT NULL,
     PRIMARY KEY (rule, resource, key_version)
 );
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 ";
 
-/// The layout version [`SCHEMA`] writes.
-const LAYOUT: i64 = 2;
+/// The layout version [`SCHEMA`] writes. 3: pending operations carry `pollKind` in their
+/// JSON (layout 2 kept it as a prefix of `operationUrl`; [`migrate`] rewrites those).
+const LAYOUT: i64 = 3;
+
+/// The page size of a new ledger file: SQLite's default. A smaller page writes fewer WAL
+/// bytes per random `claims.event_id` insert, but 1 KiB measured no better here
+/// (BENCHMARKS.md "Ledger"), so the option stays for measuring, not as a default.
+pub const DEFAULT_PAGE_SIZE: u32 = 4096;
 
 /// The SQLite ledger. Cheap to share behind an `Arc`; dropping the last handle lets the
 /// writer thread finish the queued requests and exit.
@@ -140,6 +146,7 @@ enum Op {
     Complete { ticket: ClaimTicket, recorded_at: i64, body: String },
     Abandon { ticket: ClaimTicket },
     Record { event_id: String, recorded_at: i64, body: String },
+    ClaimOrRecord { event_id: String, ttl: Duration, recorded_at: i64, body: String },
     AddPending { id: String, registry: String, started_at: i64, body: String },
     CompletePending { id: String },
     AcquireLease { registry: String, ttl: Duration },
@@ -153,6 +160,7 @@ enum Op {
 #[derive(Debug)]
 enum Reply {
     Claim(Claim),
+    Recorded(Option<Claim>),
     Ticket(ClaimTicket),
     Unit,
     Bool(bool),
@@ -179,9 +187,40 @@ fn corrupt(item: impl Into<String>, e: impl std::fmt::Display) -> LedgerError {
     LedgerError::Corrupt { item: item.into(), message: e.to_string() }
 }
 
-fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+/// The oldest layout [`migrate`] can bring up to [`LAYOUT`].
+const MIGRATABLE: i64 = 2;
+
+/// Brings a file of layout `from` up to [`LAYOUT`] in one transaction.
+fn migrate(conn: &mut Connection, from: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if from < 3 {
+        // Layout 2 → 3: the poll kind moves out of `operationUrl` into `pollKind`.
+        // `PendingOperation`'s reader understands the old form; write the new one back.
+        let rows: Vec<(String, String)> = tx
+            .prepare("SELECT id, body FROM pending")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (id, body) in rows {
+            let op: PendingOperation = serde_json::from_str(&body).map_err(|e| {
+                rusqlite::Error::InvalidParameterName(format!("pending operation {id} is corrupt: {e}"))
+            })?;
+            let body = serde_json::to_string(&op)
+                .map_err(|e| rusqlite::Error::InvalidParameterName(format!("pending operation {id}: {e}")))?;
+            tx.execute("UPDATE pending SET body = ?2 WHERE id = ?1", params![id, body])?;
+        }
+    }
+    tx.pragma_update(None, "user_version", LAYOUT)?;
+    tx.commit()
+}
+
+/// Opens a connection in WAL mode with `synchronous=FULL`. `page_size` applies to a file
+/// that is still empty (it must precede the first write, including the switch to WAL).
+fn open_connection(path: &Path, page_size: Option<u32>) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    if let Some(size) = page_size {
+        conn.pragma_update(None, "page_size", size)?;
+    }
     // journal_mode answers with the resulting mode; WAL is persistent in the file.
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -196,21 +235,25 @@ impl SqliteLedger {
     pub async fn open(path: &Path, options: LedgerOptions) -> Result<Self> {
         let path = path.to_path_buf();
         let p = path.clone();
+        let page_size = options.sqlite_page_size;
         let (writer_conn, reader, checkpointer) = tokio::task::spawn_blocking(move || -> rusqlite::Result<_> {
-            let w = open_connection(&p)?;
+            let mut w = open_connection(&p, Some(page_size))?;
             let found: i64 = w.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if found != 0 && found != LAYOUT {
+            if found != 0 && !(MIGRATABLE..=LAYOUT).contains(&found) {
                 return Err(rusqlite::Error::InvalidParameterName(format!(
                     "the file has ledger layout {found}, this build uses {LAYOUT}: move it aside to start a new ledger"
                 )));
+            }
+            if found != 0 && found < LAYOUT {
+                migrate(&mut w, found)?;
             }
             w.execute_batch(SCHEMA)?;
             w.pragma_update(None, "wal_autocheckpoint", 0)?;
             // After a checkpoint resets the WAL, truncate it back to this size.
             w.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-            let r = open_connection(&p)?;
+            let r = open_connection(&p, None)?;
             r.pragma_update(None, "query_only", "ON")?;
-            let c = open_connection(&p)?;
+            let c = open_connection(&p, None)?;
             Ok((w, r, c))
         })
         .await
@@ -412,6 +455,23 @@ fn apply(tx: &Transaction<'_>, op: &Op, now: DateTime<Utc>) -> rusqlite::Result<
             }
             Ok(Reply::Unit)
         }
+        Op::ClaimOrRecord { event_id, ttl, recorded_at, body } => {
+            // The common case, a new id: the record and a claim already done, in one write.
+            let id = insert_record(tx, event_id, *recorded_at, body)?;
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO claims (event_id, state, token, attempt, expires_at, record_id)
+                     VALUES (?1, 'done', '', 1, ?2, ?3) ON CONFLICT (event_id) DO NOTHING",
+                )?
+                .execute(params![event_id, now_us, id])?;
+            if inserted == 1 {
+                Ok(Reply::Recorded(None))
+            } else {
+                // Known id: take the record back and answer as `claim` does.
+                tx.prepare_cached("DELETE FROM records WHERE id = ?1")?.execute(params![id])?;
+                claim(tx, event_id, *ttl, now)?.map(|c| Reply::Recorded(Some(c)))
+            }
+        }
         Op::AddPending { id, registry, started_at, body } => {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO pending (id, registry, started_at, body) VALUES (?1, ?2, ?3, ?4)",
@@ -606,6 +666,16 @@ impl Ledger for SqliteLedger {
             .map(drop)
     }
 
+    async fn claim_or_record(&self, record: &AuditRecord, ttl: Duration) -> Result<Option<Claim>> {
+        let body = to_json("audit record", record)?;
+        let op =
+            Op::ClaimOrRecord { event_id: record.event_id.clone(), ttl, recorded_at: micros(record.recorded_at), body };
+        match self.write(op).await? {
+            Reply::Recorded(c) => Ok(c),
+            r => Err(unexpected(r)),
+        }
+    }
+
     async fn abandon(&self, ticket: &ClaimTicket) -> Result<()> {
         self.write(Op::Abandon { ticket: ticket.clone() }).await.map(drop)
     }
@@ -767,8 +837,9 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
+        assert_eq!(conn.query_row("PRAGMA page_size", [], |r| r.get::<_, u32>(0)).unwrap(), DEFAULT_PAGE_SIZE);
         assert_eq!(
-            open_connection(&path).unwrap().query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0)).unwrap(),
+            open_connection(&path, None).unwrap().query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0)).unwrap(),
             2
         );
     }

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cmkguard_ledger::{ActionOutcome, ActionStatus, Claim, LedgerError, ListQuery, PendingOperation};
+use cmkguard_ledger::{ActionOutcome, ActionStatus, Claim, LedgerError, ListQuery, PendingOperation, PollKind};
 use common::{Fixture, record};
 
 const TTL: Duration = Duration::from_secs(60);
@@ -189,6 +189,7 @@ async fn pending_operations_are_listed_and_completed(f: Fixture) {
         operation_url: format!(
             "https://management.azure.com/subscriptions/s/providers/Microsoft.ContainerRegistry/locations/westeurope/operationResults/{id}?api-version=2025-04-01"
         ),
+        poll_kind: if mins == 0 { PollKind::Location } else { PollKind::AsyncOperation },
         started_at: now + chrono::Duration::minutes(mins),
         target_key: "https://v.vault.azure.net/keys/cmk/0123456789abcdef0123456789abcdef".into(),
         event_id: format!("evt-{id}"),
@@ -244,6 +245,58 @@ impl NowForTest for Arc<common::ManualClock> {
     }
 }
 
+/// The one-write path: a new id is claimed and recorded at once; a known id is never
+/// recorded over, and the caller learns what `claim` would have said.
+async fn claim_or_record_writes_once_and_only_for_new_ids(f: Fixture) {
+    let now = f.clock.now_for_test();
+    let first = record("evt-one", now);
+    assert_eq!(f.ledger.claim_or_record(&first, TTL).await.unwrap(), None);
+    assert_eq!(f.ledger.get("evt-one").await.unwrap(), Some(first.clone()));
+    // A redelivery: the first record stays, the caller is told it is done.
+    let again = record("evt-one", now + chrono::Duration::seconds(5));
+    assert_eq!(f.ledger.claim_or_record(&again, TTL).await.unwrap(), Some(Claim::AlreadyDone(Box::new(first.clone()))));
+    assert_eq!(f.ledger.claim(&again.event_id, TTL).await.unwrap(), Claim::AlreadyDone(Box::new(first.clone())));
+    // Another invocation holds the id: nothing is recorded, it is in progress.
+    let Claim::New(held) = f.ledger.claim("evt-held", TTL).await.unwrap() else { panic!("claim") };
+    let r = f.ledger.claim_or_record(&record("evt-held", now), TTL).await.unwrap();
+    assert!(matches!(r, Some(Claim::InProgress { attempt: 1, .. })), "{r:?}");
+    assert_eq!(f.ledger.get("evt-held").await.unwrap(), None);
+    // An interrupted attempt with checkpointed progress is handed over, not recorded over.
+    let started = vec![ActionOutcome {
+        action: "rotate-registry-key".into(),
+        target: "r1".into(),
+        status: ActionStatus::Pending,
+        detail: "started".into(),
+    }];
+    f.ledger.checkpoint(&held, &started, TTL).await.unwrap();
+    f.clock.advance(TTL * 2);
+    match f.ledger.claim_or_record(&record("evt-held", now), TTL).await.unwrap() {
+        Some(Claim::New(t)) => assert_eq!((t.attempt, t.progress), (2, started)),
+        other => panic!("expected a takeover, got {other:?}"),
+    }
+    assert_eq!(f.ledger.get("evt-held").await.unwrap(), None);
+    // Of many concurrent one-write callers on one id, exactly one records.
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let l = f.ledger.clone();
+            let mut r = record("evt-race-1w", now);
+            r.mode = format!("writer-{i}");
+            tokio::spawn(async move { (l.claim_or_record(&r, TTL).await.unwrap(), r) })
+        })
+        .collect();
+    let mut written = Vec::new();
+    for t in tasks {
+        let (answer, r) = t.await.unwrap();
+        match answer {
+            None => written.push(r),
+            Some(Claim::AlreadyDone(_) | Claim::InProgress { .. }) => {}
+            Some(Claim::New(t)) => panic!("nothing to take over, got {t:?}"),
+        }
+    }
+    assert_eq!(written.len(), 1, "exactly one writer records");
+    assert_eq!(f.ledger.get("evt-race-1w").await.unwrap().as_ref(), written.first());
+}
+
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -265,4 +318,5 @@ on_both_backends!(
     notifications_are_deduplicated_per_window,
     pending_operations_are_listed_and_completed,
     retention_prunes_old_records_only,
+    claim_or_record_writes_once_and_only_for_new_ids,
 );

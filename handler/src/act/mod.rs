@@ -6,7 +6,10 @@
 //!    was handled gets its recorded outcome back and nothing is repeated; one that another
 //!    invocation is handling is answered retryable; one whose earlier attempt stopped
 //!    half-way resumes from its checkpoint (steps recorded as done or pending are not
-//!    repeated).
+//!    repeated). An event whose decision has **no side effect** (no notification, and
+//!    rotations only as monitor-mode "would do") is the exception: its outcome is worked
+//!    out first and the claim and the final record are one durable write
+//!    (`Ledger::claim_or_record`); a known id is answered exactly as above.
 //! 2. A **policy error** never leads to remediation: it is recorded and alerted.
 //! 3. Otherwise every action runs in order: registry and vault rotations first
 //!    ([`rotate`]), then notifications ([`notify`]) so the message can say what was done.
@@ -174,7 +177,15 @@ impl Act for ActStage {
         input: &PolicyInput,
         decided: &Decided,
     ) -> Result<Vec<ActionOutcome>, StageError> {
-        let mut ticket = match self.ledger.claim(&event.id, self.claim_ttl).await.map_err(|e| ledger_error(&e))? {
+        let claim = if self.without_side_effects(decided) {
+            match self.record_at_once(event, input, decided).await? {
+                Ok(actions) => return Ok(actions),
+                Err(claim) => claim,
+            }
+        } else {
+            self.ledger.claim(&event.id, self.claim_ttl).await.map_err(|e| ledger_error(&e))?
+        };
+        let mut ticket = match claim {
             Claim::AlreadyDone(record) => {
                 tracing::info!(event_id = %event.id, "redelivery of a handled event: nothing repeated");
                 return Ok(vec![outcome(
@@ -214,6 +225,46 @@ impl Act for ActStage {
         let record = audit::record(event, decided, &actions, self.mode_str());
         self.ledger.complete(&ticket, &record).await.map_err(|e| ledger_error(&e))?;
         Ok(actions)
+    }
+}
+
+impl ActStage {
+    /// Whether carrying the decision out changes nothing outside the ledger: no
+    /// notification, no policy-error alert, and rotations only in `monitor` mode (recorded
+    /// as "would do"). Such an event needs no claim before acting.
+    fn without_side_effects(&self, decided: &Decided) -> bool {
+        let Decided::Decision { decision, .. } = decided else { return false };
+        decision.actions.iter().all(|a| match a {
+            Action::Audit => true,
+            Action::RotateRegistryKey { .. } | Action::RotateVaultKey { .. } => self.mode == Mode::Monitor,
+            Action::Notify { .. } => false,
+        })
+    }
+
+    /// An event without side effects: work the outcome out first, then claim the event
+    /// and write its record in one durable write (`Ledger::claim_or_record`). `Ok(Ok)`:
+    /// recorded; `Ok(Err(claim))`: the id was known, carry on as after `claim`.
+    async fn record_at_once(
+        &self,
+        event: &Event,
+        input: &PolicyInput,
+        decided: &Decided,
+    ) -> Result<Result<Vec<ActionOutcome>, Claim>, StageError> {
+        // Nothing here writes to the ledger or Azure, so a scratch ticket is enough.
+        let mut scratch = ClaimTicket {
+            event_id: event.id.clone(),
+            token: String::new(),
+            attempt: 1,
+            expires_at: chrono::Utc::now(),
+            progress: Vec::new(),
+        };
+        let actions =
+            self.run(event, input, decided, &mut scratch).await.map_err(|Retry(m)| StageError::retryable("act", m))?;
+        let record = audit::record(event, decided, &actions, self.mode_str());
+        match self.ledger.claim_or_record(&record, self.claim_ttl).await.map_err(|e| ledger_error(&e))? {
+            None => Ok(Ok(actions)),
+            Some(claim) => Ok(Err(claim)),
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 use chrono::Utc;
 use cmkguard_azure::arm::{OperationStatus, PendingOperation as ArmPending, PollKind, RotateOutcome, RotateRequest};
 use cmkguard_azure::{AzureError, Budget};
-use cmkguard_ledger::PendingOperation;
+use cmkguard_ledger::{PendingOperation, PollKind as LedgerPollKind};
 use cmkguard_model::{Event, KeyFacts, KeyId, PolicyInput, RegistryFacts, ResourceId, RotateTarget};
 
 use super::{ActStage, LEASE_TTL, Retry, outcome};
@@ -82,20 +82,21 @@ fn azure_step(e: AzureError, what: &str) -> Result<ActionOutcome, Retry> {
     }
 }
 
-fn encode_url(op: &ArmPending) -> String {
-    match op.kind {
-        PollKind::AsyncOperation => format!("async:{}", op.status_url),
-        PollKind::Location => format!("location:{}", op.status_url),
+/// The ledger's record of how to poll, from ARM's.
+fn ledger_poll_kind(kind: PollKind) -> LedgerPollKind {
+    match kind {
+        PollKind::AsyncOperation => LedgerPollKind::AsyncOperation,
+        PollKind::Location => LedgerPollKind::Location,
     }
 }
 
-fn decode_url(registry: &str, stored: &str) -> ArmPending {
-    let (kind, url) = match stored.split_once(':') {
-        Some(("location", rest)) => (PollKind::Location, rest),
-        Some(("async", rest)) => (PollKind::AsyncOperation, rest),
-        _ => (PollKind::AsyncOperation, stored),
+/// The parked operation as the ARM client polls it.
+fn arm_operation(op: &PendingOperation) -> ArmPending {
+    let kind = match op.poll_kind {
+        LedgerPollKind::AsyncOperation => PollKind::AsyncOperation,
+        LedgerPollKind::Location => PollKind::Location,
     };
-    ArmPending { registry: registry.to_owned(), status_url: url.to_owned(), kind, not_before: Utc::now() }
+    ArmPending { registry: op.registry.clone(), status_url: op.operation_url.clone(), kind, not_before: Utc::now() }
 }
 
 /// `rotate-registry-key` for one registry of the input.
@@ -162,7 +163,9 @@ pub async fn registry(
         Ok(None) => return Err(Retry(format!("registry {} is being changed by another invocation", reg.name))),
         Err(e) => return Err(Retry(format!("lease: {e}"))),
     };
-    let budget = Budget::new(stage.budget);
+    // The rotation (PATCH and polling) stops while the lease still holds, leaving time to
+    // park the operation; whatever ARM still runs after that is pending, not ours to poll.
+    let budget = Budget::new(rotation_budget(stage.budget, &lease, Utc::now()));
     let req = RotateRequest { key_id: wanted.clone(), identity_client_id: None };
     let result = azure.arm.rotate_key(&id, &req, &budget).await;
     let step = match result {
@@ -189,7 +192,8 @@ pub async fn registry(
                 id: uuid::Uuid::new_v4().to_string(),
                 registry: registry_id.to_owned(),
                 action: ROTATE_REGISTRY.to_owned(),
-                operation_url: encode_url(&op),
+                operation_url: op.status_url.clone(),
+                poll_kind: ledger_poll_kind(op.kind),
                 started_at: Utc::now(),
                 target_key: wanted.to_string(),
                 event_id: event.id.clone(),
@@ -218,6 +222,21 @@ pub async fn registry(
     step
 }
 
+/// Time kept back at the end of a registry lease for recording the outcome.
+pub const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long a rotation may spend on Azure under `lease`: the invocation's budget, but
+/// never past the lease's expiry less [`LEASE_MARGIN`], so no other holder can take the
+/// registry while this one is still changing it (a longer operation is parked as pending).
+pub fn rotation_budget(
+    budget: std::time::Duration,
+    lease: &cmkguard_ledger::Lease,
+    now: chrono::DateTime<Utc>,
+) -> std::time::Duration {
+    let left = (lease.expires_at - now).to_std().unwrap_or_default().saturating_sub(LEASE_MARGIN);
+    budget.min(left)
+}
+
 /// Polls this registry's pending rotation (if any) once. `Some(step)` when one is still
 /// running (nothing else may change the registry now); `None` when none is pending.
 async fn resume_for(stage: &ActStage, reg: &RegistryFacts) -> Result<Option<ActionOutcome>, Retry> {
@@ -233,7 +252,7 @@ async fn resume_for(stage: &ActStage, reg: &RegistryFacts) -> Result<Option<Acti
 /// One poll of a parked rotation. Removes it when it ended; `Some(Pending)` while it runs.
 async fn poll_pending(stage: &ActStage, op: &PendingOperation) -> Result<Option<ActionOutcome>, Retry> {
     let Some(azure) = &stage.azure else { return Ok(None) };
-    let arm_op = decode_url(&op.registry, &op.operation_url);
+    let arm_op = arm_operation(op);
     let budget = Budget::new(stage.budget);
     let status = match azure.arm.poll_operation(&arm_op, &budget).await {
         Ok(s) => s,
@@ -332,5 +351,35 @@ pub async fn vault(stage: &ActStage, input: &PolicyInput, key_id: &str) -> Resul
         Ok(bundle) => refuse(ActionStatus::Done, format!("new version {}; dependents: {deps}", bundle.key.kid)),
         Err(e) if e.is_retryable() => Err(Retry(format!("{ROTATE_VAULT}: {e}"))),
         Err(e) => refuse(ActionStatus::Failed, format!("{e}; dependents: {deps}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn lease(secs_left: i64, now: chrono::DateTime<Utc>) -> cmkguard_ledger::Lease {
+        cmkguard_ledger::Lease {
+            registry: "r".into(),
+            lease_id: "l".into(),
+            expires_at: now + chrono::Duration::seconds(secs_left),
+        }
+    }
+
+    #[test]
+    fn a_rotation_never_outlasts_its_registry_lease() {
+        let now = Utc::now();
+        let ttl = super::super::LEASE_TTL.as_secs() as i64;
+        // A long invocation budget is cut to the lease less the margin.
+        assert_eq!(
+            rotation_budget(Duration::from_secs(600), &lease(ttl, now), now),
+            super::super::LEASE_TTL - LEASE_MARGIN
+        );
+        // A short one is kept.
+        assert_eq!(rotation_budget(Duration::from_secs(5), &lease(ttl, now), now), Duration::from_secs(5));
+        // A lease nearly or already gone leaves nothing: the rotation is not started.
+        assert_eq!(rotation_budget(Duration::from_secs(600), &lease(10, now), now), Duration::ZERO);
+        assert_eq!(rotation_budget(Duration::from_secs(600), &lease(-5, now), now), Duration::ZERO);
     }
 }
