@@ -3,6 +3,9 @@
 //! `functions/<Name>/function.json` for every function folder, `policy/default-policy.wasm`
 //! (the embedded default policy, shipped for reference and as a starting point), and
 //! `cmkguard-package.json` (file digests and the binary's linkage).
+//!
+//! The binary is the production build: `--no-default-features`, i.e. without the `demo`
+//! feature that links the azsim emulator (`verify-package` checks it is absent).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,11 +35,14 @@ struct Entry {
 
 pub fn run(out: &Path, target: Option<&str>, binary: Option<&Path>, policies: &[PathBuf]) -> Result<()> {
     let root = repo_root();
-    let binary = match binary {
-        Some(b) => b.to_path_buf(),
-        None => release_binary(&root, target)?,
+    let (binary, built) = match binary {
+        Some(b) => (b.to_path_buf(), false),
+        None => (release_binary(&root, target, out)?, true),
     };
     let bin_bytes = strip_debug_info(&binary, out)?;
+    if built {
+        let _ = std::fs::remove_file(&binary);
+    }
     let linkage = elf::inspect(&bin_bytes)
         .with_context(|| format!("{} cannot run on the Functions Linux workers", binary.display()))?;
     match (&linkage.interpreter, linkage.glibc) {
@@ -98,6 +104,7 @@ pub fn run(out: &Path, target: Option<&str>, binary: Option<&Path>, policies: &[
             "static": linkage.interpreter.is_none(),
             "interpreter": linkage.interpreter,
             "glibc": linkage.glibc.map(|(a, b)| format!("{a}.{b}")),
+            "build": if built { "cargo build --release --no-default-features (no demo, no azsim)" } else { "given with --binary" },
         },
         "functions": functions,
         "files": entries.iter().map(|e| serde_json::json!({
@@ -147,28 +154,60 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// The release binary for `target`, built with `cargo build --release` only if missing.
-fn release_binary(root: &Path, target: Option<&str>) -> Result<PathBuf> {
+/// The production binary for `target`: `cargo build --release --no-default-features`, so
+/// the `demo` feature (the azsim emulator and its TLS stack) is not linked in. Same
+/// profile and target dir as every other build: the dependencies are shared with the
+/// workspace build, only the crates whose features differ are compiled a second time (once;
+/// cargo keeps both feature sets side by side in `deps/`).
+///
+/// Cargo copies the binary it built to `target/<triple>/release/cmkguard`, the same path
+/// the workspace build uses for the default (demo) binary. The production binary is
+/// copied out of that path at once, and the default binary put back (a fresh build that
+/// only re-links the file) when it was there before, so tests and `cargo run -- demo`
+/// keep finding the binary they expect.
+fn release_binary(root: &Path, target: Option<&str>, out: &Path) -> Result<PathBuf> {
     let dir = match target {
         Some(t) => root.join("target").join(t).join("release"),
         None => root.join("target/release"),
     };
-    let path = dir.join(BINARY_NAME);
-    if path.is_file() {
-        return Ok(path);
+    let uplifted = dir.join(BINARY_NAME);
+    let had_default = uplifted.is_file();
+    let build = |production: bool| -> Result<()> {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(root).args([
+            "build",
+            "--release",
+            "--locked",
+            "--quiet",
+            "-p",
+            "cmkguard",
+            "--bin",
+            BINARY_NAME,
+        ]);
+        if production {
+            cmd.arg("--no-default-features");
+        }
+        if let Some(t) = target {
+            cmd.args(["--target", t]);
+        }
+        let status = cmd.status().context("running cargo build")?;
+        if !status.success() || !uplifted.is_file() {
+            let what = if production { "--no-default-features " } else { "" };
+            bail!("cargo build --release {what}of {BINARY_NAME} failed ({status})");
+        }
+        Ok(())
+    };
+    println!("building the production binary (cargo build --release --no-default-features: no demo, no azsim)");
+    build(true)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let production = out.join(".cmkguard.production");
+    std::fs::copy(&uplifted, &production)
+        .with_context(|| format!("copying {} to {}", uplifted.display(), production.display()))?;
+    if had_default && let Err(e) = build(false) {
+        println!("warning: could not put the default (demo) binary back at {}: {e:#}", uplifted.display());
     }
-    println!("{} missing: building it", path.display());
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(root).args(["build", "--release", "--locked", "-p", "cmkguard", "--bin", BINARY_NAME]);
-    if let Some(t) = target {
-        cmd.args(["--target", t]);
-    }
-    let status = cmd.status().context("running cargo build")?;
-    if !status.success() || !path.is_file() {
-        bail!("cargo build --release of {BINARY_NAME} failed ({status})");
-    }
-    Ok(path)
+    Ok(production)
 }
 
 /// The folders under `functions/` that hold a function.json, sorted.

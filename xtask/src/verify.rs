@@ -3,6 +3,8 @@
 //! folder per function with its function.json, nothing unexpected), then start the binary
 //! the way the host does (its arguments from host.json, `FUNCTIONS_CUSTOMHANDLER_PORT`,
 //! wwwroot as working directory) and expect an HTTP answer to `GET /` on that port.
+//! It also checks that the binary is the production build: no `demo` subcommand and no
+//! code of the azsim emulator linked in.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -85,6 +87,8 @@ fn verify_in(zip_path: &Path, dir: &Path, wait: Duration) -> Result<()> {
         expected.join(", ")
     );
 
+    check_no_emulator(&dir.join(BINARY_NAME))?;
+
     // Start it as the Functions host would.
     let port = free_port()?;
     let child = Command::new(dir.join(BINARY_NAME))
@@ -121,6 +125,37 @@ fn verify_in(zip_path: &Path, dir: &Path, wait: Duration) -> Result<()> {
     }
     println!("started with FUNCTIONS_CUSTOMHANDLER_PORT={port}: GET / -> {status_line}");
     Ok(())
+}
+
+/// Markers only the azsim crate puts into a binary: its mangled symbol prefix (legacy
+/// `_ZN5azsim…` and v0 `…5azsim…` both contain `5azsim`), and its source paths in panic
+/// locations.
+const EMULATOR_MARKERS: &[&[u8]] = &[b"5azsim", b"azsim/src/"];
+
+/// The shipped binary must not contain the emulator: `demo` is not a subcommand, and no
+/// azsim symbol or source path is in the file.
+fn check_no_emulator(binary: &Path) -> Result<()> {
+    let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    if let Some(m) = emulator_marker(&bytes) {
+        bail!(
+            "{BINARY_NAME} contains the azsim emulator ({:?} found): the package must be built with --no-default-features",
+            String::from_utf8_lossy(m)
+        );
+    }
+    let out = Command::new(binary)
+        .args(["demo", "--help"])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {BINARY_NAME} demo --help"))?;
+    if out.status.success() {
+        bail!("{BINARY_NAME} still has the `demo` subcommand: the package must be built with --no-default-features");
+    }
+    println!("production build: no `demo` subcommand, no azsim code");
+    Ok(())
+}
+
+fn emulator_marker(bytes: &[u8]) -> Option<&'static [u8]> {
+    EMULATOR_MARKERS.iter().copied().find(|m| bytes.windows(m.len()).any(|w| w == *m))
 }
 
 struct KillOnDrop(Child);
@@ -168,4 +203,16 @@ fn unique_temp_dir() -> Result<PathBuf> {
         }
     }
     bail!("could not create a temporary directory under {}", base.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emulator_markers_are_found_and_absent_ones_are_not() {
+        assert_eq!(emulator_marker(b"..._ZN5azsim5world5World3new17h..."), Some(&b"5azsim"[..]));
+        assert_eq!(emulator_marker(b"panicked at azsim/src/arm.rs:12"), Some(&b"azsim/src/"[..]));
+        assert_eq!(emulator_marker(b"_ZN8cmkguard3cli5serve3run; profile name azsim"), None);
+    }
 }
