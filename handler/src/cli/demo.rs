@@ -4,9 +4,10 @@
 //! sink, a SQLite ledger in a temporary directory and the default policy in `enforce`
 //! mode; serves the real HTTP router on a loopback port and drives a scenario through
 //! it (a registry created without CMK, a key near expiry, a new key version, cmkguard's
-//! own write coming back, and a redelivery); prints the timeline and the estate before
-//! and after. Only built with the `demo` cargo feature (on by default; the production
-//! package leaves it out). The helpers here also serve the in-process tests.
+//! own write coming back, a rotation refused by preflight, and a redelivery); prints the
+//! timeline and the estate before and after. Only built with the `demo` cargo feature
+//! (on by default; the production package leaves it out). The helpers here also serve the
+//! in-process tests.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -44,6 +45,20 @@ pub struct Args {
 /// The demo scenario, parsed.
 pub fn scenario() -> Result<Scenario, String> {
     Scenario::from_json(DEMO_SCENARIO).map_err(|e| format!("demo scenario: {e}"))
+}
+
+/// The estate `cmkguard demo` runs on: the demo scenario plus `acrpinnedweak`, pinned to a
+/// key in `kv-nopurge` (no purge protection), so the timeline can show preflight refusing
+/// a rotation the policy asked for.
+pub fn demo_estate() -> Result<Scenario, String> {
+    let mut doc: Value = serde_json::from_str(DEMO_SCENARIO).map_err(|e| format!("demo scenario: {e}"))?;
+    let registries = doc["registries"].as_array_mut().ok_or("demo scenario: no registries")?;
+    registries.push(json!({
+        "name": "acrpinnedweak", "resourceGroup": "rg-registries", "identities": ["id-acr-cmk"],
+        "encryption": { "key": "kv-nopurge/cmk-weak/@0", "identity": "id-acr-cmk" },
+        "tags": { "team": "ml" }
+    }));
+    Scenario::from_json(&doc.to_string()).map_err(|e| format!("demo estate: {e}"))
 }
 
 /// Tokens from azsim's managed-identity endpoint (App Service protocol).
@@ -240,7 +255,7 @@ pub async fn run(args: Args) -> Result<u8, CliError> {
     crate::logging::init(crate::config::LogFormat::Text, "warn");
     let err = |m: String| CliError { code: 1, message: m };
     let dir = tempfile::tempdir().map_err(|e| err(format!("temp dir: {e}")))?;
-    let scenario = scenario().map_err(err)?;
+    let scenario = demo_estate().map_err(err)?;
     let sim = Azsim::start(scenario, Options::default()).await.map_err(|e| err(format!("azsim: {e}")))?;
     let sink = ChatSink::start().await.map_err(|e| err(format!("chat sink: {e}")))?;
     let mut config = local_config(crate::config::Mode::Enforce, &dir.path().join("ledger.db")).map_err(err)?;
@@ -260,7 +275,7 @@ pub async fn run(args: Args) -> Result<u8, CliError> {
     let url = format!("http://{addr}/api/events");
 
     let names: Vec<String> =
-        ["acrnocmk", "acrpinned", "acrauto", "acrexpiring", "acrweakvault"].map(String::from).to_vec();
+        ["acrnocmk", "acrpinned", "acrauto", "acrexpiring", "acrweakvault", "acrpinnedweak"].map(String::from).to_vec();
     println!(
         "cmkguard demo: azsim on {}, cmkguard on http://{addr}, ledger {}, mode enforce, policy default",
         sim.https_addr(),
@@ -331,6 +346,15 @@ pub async fn run(args: Args) -> Result<u8, CliError> {
             post(w.clone()).await.map_err(err)?,
         );
     }
+
+    let before = sim.events().len();
+    sim.rotate_key("kv-nopurge", "cmk-weak");
+    let e4 = sim.events().get(before).cloned().ok_or_else(|| err("azsim emitted no new-version event".into()))?;
+    show(
+        "A new version of cmk-weak, in vault kv-nopurge without purge protection: preflight refuses to rotate acrpinnedweak onto it",
+        &e4,
+        post(e4.clone()).await.map_err(err)?,
+    );
 
     show("Event Grid redelivers the near-expiry event", &e2, post(e2.clone()).await.map_err(err)?);
 
