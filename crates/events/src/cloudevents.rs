@@ -42,6 +42,12 @@ pub fn decode_binary(headers: &http::HeaderMap, body: Vec<u8>) -> Result<Decoded
 }
 
 fn from_sdk(event: &cloudevents::Event) -> Result<Decoded, DecodeError> {
+    // The id is the ledger's idempotency key: a blank one would make every such event a
+    // "redelivery" of the first. The SDK accepts it; Event Grid events are refused the same
+    // way (found by fuzzing, binary mode).
+    if event.id().trim().is_empty() {
+        return Err(DecodeError::new(code::BAD_EVENT, "the CloudEvent's id is empty"));
+    }
     let at = |e: DecodeError| e.at(format_args!("event {:?} ({})", event.id(), event.ty()));
     let data: Option<Value> = match event.data() {
         None => None,

@@ -69,3 +69,24 @@ fn batches_are_bounded() {
     let e = decode_events_json(b"[{},{}]").unwrap_err();
     assert!(e.message.starts_with("event 0: neither an Event Grid event"), "{e}");
 }
+
+/// fuzz/artifacts/cloudevents_binary/crash-d89d5551: a binary-mode CloudEvent with a blank
+/// `ce-id` decoded to an event with an empty idempotency key.
+#[test]
+fn a_cloudevent_without_an_id_is_refused() {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", " "),
+        ("ce-source", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv"),
+        ("ce-type", "Microsoft.KeyVault.KeyNearExpiry"),
+        ("content-type", "application/json"),
+    ] {
+        h.insert(k, http::HeaderValue::from_static(v));
+    }
+    let body = br#"{"Id":"https://kv.vault.azure.net/keys/k/0123abcd","ObjectName":"k","Version":"0123abcd"}"#;
+    let e = cmkguard_events::cloudevents::decode_binary(&h, body.to_vec()).unwrap_err();
+    assert!(e.message.contains("id is empty"), "{e}");
+    h.insert("ce-id", http::HeaderValue::from_static("e1"));
+    assert!(cmkguard_events::cloudevents::decode_binary(&h, body.to_vec()).is_ok());
+}
