@@ -240,6 +240,41 @@ async fn throttled_rotation_is_retryable_and_resumes_on_redelivery() {
     );
 }
 
+/// Found by the fault-injection soak: a handler killed (SIGKILL) while it polled an
+/// accepted rotation lost the operation, and the registry stayed `Updating` with no record
+/// of the change. Now the operation is parked before it is polled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_interrupted_while_polling_stays_parked_and_is_finished_later() {
+    let e = env(Mode::Enforce).await;
+    let before = key_of(&e.sim, "acrpinned");
+    e.sim.rotate_key("kv-demo", "cmk-pinned");
+    let ev = decode(&last_event(&e.sim));
+    // ARM accepts the PATCH; the status poll hangs, and the invocation dies mid-poll (its
+    // future is dropped, as its process would be killed).
+    e.sim.set_latency(azsim::Route::ArmOperationStatus, Duration::from_secs(60));
+    let interrupted = tokio::time::timeout(Duration::from_secs(3), e.pipeline.handle(&ev)).await;
+    assert!(interrupted.is_err(), "the invocation should still be polling: {interrupted:?}");
+    e.sim.clear_faults();
+    assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), 1);
+    let parked = e.ledger.list_pending(None).await.unwrap();
+    assert_eq!(parked.len(), 1, "the accepted rotation is in the ledger: {parked:?}");
+    assert_eq!(parked[0].event_id, ev.id);
+    // The sweep (or the next event on the registry) finishes it; nothing is PATCHed again.
+    // (azsim answers InProgress to the first poll, as ARM may.)
+    let mut stats = Vec::new();
+    for _ in 0..5 {
+        stats.push(cmkguard::act::rotate::finish_pending(&e.act).await);
+        if stats.last().is_some_and(|s| s.finished == 1) {
+            break;
+        }
+    }
+    assert_eq!(stats.last().map(|s| s.finished), Some(1), "{stats:?}");
+    assert!(e.ledger.list_pending(None).await.unwrap().is_empty());
+    assert_ne!(key_of(&e.sim, "acrpinned"), before);
+    assert_eq!(e.sim.registry("acrpinned").unwrap()["properties"]["provisioningState"], "Succeeded");
+    assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), 1, "no second rotation");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_evaluates_every_registry_in_monitor_mode_and_changes_nothing() {
     let e = env(Mode::Monitor).await;

@@ -9,7 +9,9 @@
 //! the invocation as pending in the ledger ([`finish_pending`] completes it later).
 
 use chrono::Utc;
-use cmkguard_azure::arm::{OperationStatus, PendingOperation as ArmPending, PollKind, RotateOutcome, RotateRequest};
+use cmkguard_azure::arm::{
+    OperationStatus, PendingOperation as ArmPending, PollKind, RotateOutcome, RotateRequest, RotateStart,
+};
 use cmkguard_azure::{AzureError, Budget};
 use cmkguard_ledger::{PendingOperation, PollKind as LedgerPollKind};
 use cmkguard_model::{Event, KeyFacts, KeyId, PolicyInput, RegistryFacts, ResourceId, RotateTarget};
@@ -167,7 +169,16 @@ pub async fn registry(
     // park the operation; whatever ARM still runs after that is pending, not ours to poll.
     let budget = Budget::new(rotation_budget(stage.budget, &lease, Utc::now()));
     let req = RotateRequest { key_id: wanted.clone(), identity_client_id: None };
-    let result = azure.arm.rotate_key(&id, &req, &budget).await;
+    // The operation is parked in the ledger as soon as ARM accepts it, and only then polled
+    // (`finish_parked`): a handler killed while polling leaves it recorded, finished by the
+    // next event on the registry or the sweep — never a registry left Updating that nobody
+    // follows, nor a change without a record (found by the fault-injection soak).
+    let result = match azure.arm.start_rotate_key(&id, &req, &budget).await {
+        Ok(RotateStart::AlreadyCurrent(r)) => Ok(RotateOutcome::AlreadyCurrent(r)),
+        Ok(RotateStart::Done(r)) => Ok(RotateOutcome::Succeeded(r)),
+        Ok(RotateStart::Pending(op)) => Ok(RotateOutcome::Pending(op)),
+        Err(e) => Err(e),
+    };
     let step = match result {
         Ok(RotateOutcome::AlreadyCurrent(_)) => Ok(outcome(
             ROTATE_REGISTRY,
@@ -215,6 +226,13 @@ pub async fn registry(
             o.target = registry_id.to_owned();
             o
         }),
+    };
+    let step = match step {
+        Ok(parked) if parked.status == ActionStatus::Pending => {
+            let done = format!("rotated {} from {from} to {wanted}", reg.name);
+            Ok(finish_parked(stage, registry_id, &event.id, &budget, parked, done).await)
+        }
+        other => other,
     };
     if let Err(e) = stage.ledger.release_lease(&lease).await {
         tracing::warn!(registry = %registry_id, error = %e, "could not release the registry lease; it lapses by itself");
@@ -276,6 +294,51 @@ async fn poll_pending(stage: &ActStage, op: &PendingOperation) -> Result<Option<
             done(outcome(ROTATE_REGISTRY, &op.registry, ActionStatus::Failed, message)).await
         }
     }
+}
+
+/// Polls the rotation this event just parked until it ends or the budget runs out. Ended:
+/// removed from the ledger, and the outcome says how it ended (`done` is the detail of a
+/// success). Still running (or unreachable): `parked`, the pending outcome, as it is.
+async fn finish_parked(
+    stage: &ActStage,
+    registry_id: &str,
+    event_id: &str,
+    budget: &Budget,
+    parked: ActionOutcome,
+    done: String,
+) -> ActionOutcome {
+    let Some(azure) = &stage.azure else { return parked };
+    let Ok(ops) = stage.ledger.list_pending(Some(registry_id)).await else { return parked };
+    let Some(op) = ops.into_iter().filter(|o| o.event_id == event_id).max_by_key(|o| o.started_at) else {
+        return parked;
+    };
+    let mut arm_op = arm_operation(&op);
+    let ended = loop {
+        let wait = (arm_op.not_before - Utc::now()).to_std().unwrap_or_default();
+        if wait >= budget.remaining() {
+            return parked;
+        }
+        tokio::time::sleep(wait).await;
+        let again = match azure.arm.poll_operation(&arm_op, budget).await {
+            Ok(OperationStatus::Succeeded) => break outcome(ROTATE_REGISTRY, registry_id, ActionStatus::Done, done),
+            Ok(OperationStatus::Failed { code, message } | OperationStatus::Canceled { code, message }) => {
+                let code = code.unwrap_or_else(|| "without a code".into());
+                let detail = format!("ARM operation ended {code}: {message}");
+                break outcome(ROTATE_REGISTRY, registry_id, ActionStatus::Failed, detail);
+            }
+            Ok(OperationStatus::Running { retry_after }) => retry_after,
+            Ok(OperationStatus::Unknown { .. }) | Err(_) => std::time::Duration::from_secs(1),
+        };
+        if budget.is_exhausted() {
+            return parked;
+        }
+        arm_op.not_before = Utc::now() + chrono::Duration::from_std(again).unwrap_or_default();
+    };
+    if let Err(e) = stage.ledger.complete_pending(&op.id).await {
+        // It stays parked; the next poll finds it ended and removes it.
+        tracing::warn!(registry = %registry_id, error = %e, "could not remove a finished rotation from the ledger");
+    }
+    ended
 }
 
 /// What the sweep reports about parked rotations.
