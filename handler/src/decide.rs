@@ -354,7 +354,15 @@ mod tests {
         let records = |all: Vec<cmkguard_ledger::AuditRecord>| {
             all.into_iter().filter(|r| r.event_type == "cmkguard.PolicyReloadRefused").collect::<Vec<_>>()
         };
-        let recorded = records(ledger.list(&ListQuery::default()).await.unwrap());
+        // The record is written after the message is sent: wait for it (bounded).
+        let mut recorded = Vec::new();
+        for _ in 0..200 {
+            recorded = records(ledger.list(&ListQuery::default()).await.unwrap());
+            if !recorded.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert_eq!(recorded.len(), 1, "{recorded:?}");
         assert!(
             matches!(&recorded[0].decided, Decided::PolicyError { error, .. } if error.contains("does not compile"))
