@@ -223,6 +223,32 @@ async fn unknown_channel_and_unlisted_registry_are_refused_and_recorded() {
     assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), 0);
 }
 
+/// Found by the fault-injection soak: facts read before another event moved the registry
+/// onto a newer version must not move it back to the version they called current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_facts_never_move_a_registry_back_to_an_older_version() {
+    let e = env(Mode::Enforce).await;
+    e.sim.rotate_key("kv-demo", "cmk-pinned");
+    let ev = decode(&last_event(&e.sim));
+    let stale = e.pipeline.enrich.enrich(&ev, e.sim.now()).await.unwrap();
+    // A newer version appears before this event gets to act.
+    e.sim.rotate_key("kv-demo", "cmk-pinned");
+    let decided = Decided::Decision {
+        policy: policy(),
+        decision: Decision {
+            findings: vec![],
+            actions: vec![Action::RotateRegistryKey {
+                registry: e.sim.registry_id("acrpinned").unwrap(),
+                target: RotateTarget::LatestVersion,
+            }],
+        },
+    };
+    let out = e.act.act(&ev, &stale, &decided).await.unwrap();
+    assert_eq!(out[0].status, ActionStatus::Skipped, "{out:?}");
+    assert!(out[0].detail.contains("newer version"), "{}", out[0].detail);
+    assert_eq!(e.sim.calls(azsim::Route::ArmRegistryPatch), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_rotation_is_retryable_and_resumes_on_redelivery() {
     let e = env(Mode::Enforce).await;
@@ -238,6 +264,40 @@ async fn throttled_rotation_is_retryable_and_resumes_on_redelivery() {
         "{:?}",
         report.actions
     );
+}
+
+/// Found by the fault-injection soak: a redelivery decides afresh, and a change an earlier
+/// attempt made may no longer be asked for (the registry is already as desired). It still
+/// belongs in the event's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_by_an_earlier_attempt_stays_in_the_record() {
+    let e = env(Mode::Enforce).await;
+    e.sim.rotate_key("kv-demo", "cmk-pinned");
+    let ev = decode(&last_event(&e.sim));
+    // An earlier attempt rotated another registry, checkpointed it, and was interrupted.
+    let earlier = cmkguard_ledger::ActionOutcome {
+        action: "rotate-registry-key".into(),
+        target: "/subscriptions/x/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/acrearlier".into(),
+        status: ActionStatus::Done,
+        detail: "rotated acrearlier from v1 to v2".into(),
+    };
+    let cmkguard_ledger::Claim::New(ticket) = e.ledger.claim(&ev.id, Duration::from_secs(60)).await.unwrap() else {
+        panic!("a new event id")
+    };
+    let ticket = e.ledger.checkpoint(&ticket, std::slice::from_ref(&earlier), Duration::from_secs(60)).await.unwrap();
+    e.ledger.abandon(&ticket).await.unwrap();
+
+    let report = e.pipeline.handle(&ev).await.unwrap();
+    let record = e.ledger.get(&ev.id).await.unwrap().expect("recorded");
+    for actions in [&report.actions, &record.actions] {
+        let kept = actions.iter().find(|a| a.target == earlier.target).unwrap_or_else(|| panic!("{actions:?}"));
+        assert_eq!(kept.status, ActionStatus::Done);
+        assert!(kept.detail.contains("earlier attempt"), "{}", kept.detail);
+        assert!(
+            actions.iter().any(|a| a.target.ends_with("/acrpinned") && a.status == ActionStatus::Done),
+            "{actions:?}"
+        );
+    }
 }
 
 /// Found by the fault-injection soak: a handler killed (SIGKILL) while it polled an

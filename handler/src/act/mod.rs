@@ -156,6 +156,19 @@ impl ActStage {
                 }
             }
         }
+        // A redelivery decides afresh: a change an earlier attempt made may no longer be
+        // asked for (the registry is now as desired). It happened all the same, so it
+        // stays in the record (found by the fault-injection soak).
+        for earlier in &progress {
+            let changed = matches!(earlier.status, ActionStatus::Done | ActionStatus::Pending);
+            if changed
+                && !out.iter().any(|o| o.action == earlier.action && o.target.eq_ignore_ascii_case(&earlier.target))
+            {
+                let mut kept = earlier.clone();
+                kept.detail = format!("{} (by an earlier attempt of this event)", kept.detail);
+                out.push(kept);
+            }
+        }
         let changes = out.clone();
         for action in &decision.actions {
             if let Action::Notify { channel, severity, title, text } = action {

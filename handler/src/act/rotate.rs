@@ -168,76 +168,118 @@ pub async fn registry(
     // The rotation (PATCH and polling) stops while the lease still holds, leaving time to
     // park the operation; whatever ARM still runs after that is pending, not ours to poll.
     let budget = Budget::new(rotation_budget(stage.budget, &lease, Utc::now()));
-    let req = RotateRequest { key_id: wanted.clone(), identity_client_id: None };
-    // The operation is parked in the ledger as soon as ARM accepts it, and only then polled
-    // (`finish_parked`): a handler killed while polling leaves it recorded, finished by the
-    // next event on the registry or the sweep — never a registry left Updating that nobody
-    // follows, nor a change without a record (found by the fault-injection soak).
-    let result = match azure.arm.start_rotate_key(&id, &req, &budget).await {
-        Ok(RotateStart::AlreadyCurrent(r)) => Ok(RotateOutcome::AlreadyCurrent(r)),
-        Ok(RotateStart::Done(r)) => Ok(RotateOutcome::Succeeded(r)),
-        Ok(RotateStart::Pending(op)) => Ok(RotateOutcome::Pending(op)),
-        Err(e) => Err(e),
-    };
-    let step = match result {
-        Ok(RotateOutcome::AlreadyCurrent(_)) => Ok(outcome(
+    // The facts were read before the lease: meanwhile the key may have a newer version,
+    // and another event may already have moved the registry onto it. "The key's current
+    // version" means the current one now: never move a registry back to an older version
+    // (found by the fault-injection soak).
+    let step = match newer_version(azure, &wanted, key, &budget).await {
+        Ok(Some(newer)) => Ok(outcome(
             ROTATE_REGISTRY,
             registry_id,
             ActionStatus::Skipped,
-            format!("nothing to do: already on {wanted}"),
+            format!(
+                "not rotating {} to {wanted}: the key has a newer version ({newer}) since this event's facts were read; the event about it (or the sweep) moves the registry",
+                reg.name
+            ),
         )),
-        Ok(RotateOutcome::Succeeded(_)) => Ok(outcome(
-            ROTATE_REGISTRY,
-            registry_id,
-            ActionStatus::Done,
-            format!("rotated {} from {from} to {wanted}", reg.name),
-        )),
-        Ok(RotateOutcome::Failed { code, message } | RotateOutcome::Canceled { code, message }) => Ok(outcome(
-            ROTATE_REGISTRY,
-            registry_id,
-            ActionStatus::Failed,
-            format!("ARM operation ended {}: {message}", code.unwrap_or_else(|| "without a code".into())),
-        )),
-        Ok(RotateOutcome::Pending(op)) => {
-            let pending = PendingOperation {
-                id: uuid::Uuid::new_v4().to_string(),
-                registry: registry_id.to_owned(),
-                action: ROTATE_REGISTRY.to_owned(),
-                operation_url: op.status_url.clone(),
-                poll_kind: ledger_poll_kind(op.kind),
-                started_at: Utc::now(),
-                target_key: wanted.to_string(),
-                event_id: event.id.clone(),
-            };
-            match stage.ledger.add_pending(&pending).await {
-                Ok(()) => Ok(outcome(
-                    ROTATE_REGISTRY,
-                    registry_id,
-                    ActionStatus::Pending,
-                    format!(
-                        "rotation of {} to {wanted} started; still running, finished by the sweep or the next event",
-                        reg.name
-                    ),
-                )),
-                Err(e) => Err(Retry(format!("recording the pending rotation: {e}"))),
-            }
-        }
         Err(e) => azure_step(e, ROTATE_REGISTRY).map(|mut o| {
             o.target = registry_id.to_owned();
             o
         }),
-    };
-    let step = match step {
-        Ok(parked) if parked.status == ActionStatus::Pending => {
-            let done = format!("rotated {} from {from} to {wanted}", reg.name);
-            Ok(finish_parked(stage, registry_id, &event.id, &budget, parked, done).await)
+        Ok(None) => {
+            async {
+            let req = RotateRequest { key_id: wanted.clone(), identity_client_id: None };
+            // The operation is parked in the ledger as soon as ARM accepts it, and only then polled
+            // (`finish_parked`): a handler killed while polling leaves it recorded, finished by the
+            // next event on the registry or the sweep — never a registry left Updating that nobody
+            // follows, nor a change without a record (found by the fault-injection soak).
+            let result = match azure.arm.start_rotate_key(&id, &req, &budget).await {
+                Ok(RotateStart::AlreadyCurrent(r)) => Ok(RotateOutcome::AlreadyCurrent(r)),
+                Ok(RotateStart::Done(r)) => Ok(RotateOutcome::Succeeded(r)),
+                Ok(RotateStart::Pending(op)) => Ok(RotateOutcome::Pending(op)),
+                Err(e) => Err(e),
+            };
+            let step = match result {
+                Ok(RotateOutcome::AlreadyCurrent(_)) => Ok(outcome(
+                    ROTATE_REGISTRY,
+                    registry_id,
+                    ActionStatus::Skipped,
+                    format!("nothing to do: already on {wanted}"),
+                )),
+                Ok(RotateOutcome::Succeeded(_)) => Ok(outcome(
+                    ROTATE_REGISTRY,
+                    registry_id,
+                    ActionStatus::Done,
+                    format!("rotated {} from {from} to {wanted}", reg.name),
+                )),
+                Ok(RotateOutcome::Failed { code, message } | RotateOutcome::Canceled { code, message }) => Ok(outcome(
+                    ROTATE_REGISTRY,
+                    registry_id,
+                    ActionStatus::Failed,
+                    format!("ARM operation ended {}: {message}", code.unwrap_or_else(|| "without a code".into())),
+                )),
+                Ok(RotateOutcome::Pending(op)) => {
+                    let pending = PendingOperation {
+                        id: uuid::Uuid::new_v4().to_string(),
+                        registry: registry_id.to_owned(),
+                        action: ROTATE_REGISTRY.to_owned(),
+                        operation_url: op.status_url.clone(),
+                        poll_kind: ledger_poll_kind(op.kind),
+                        started_at: Utc::now(),
+                        target_key: wanted.to_string(),
+                        event_id: event.id.clone(),
+                    };
+                    match stage.ledger.add_pending(&pending).await {
+                        Ok(()) => Ok(outcome(
+                            ROTATE_REGISTRY,
+                            registry_id,
+                            ActionStatus::Pending,
+                            format!(
+                                "rotation of {} to {wanted} started; still running, finished by the sweep or the next event",
+                                reg.name
+                            ),
+                        )),
+                        Err(e) => Err(Retry(format!("recording the pending rotation: {e}"))),
+                    }
+                }
+                Err(e) => azure_step(e, ROTATE_REGISTRY).map(|mut o| {
+                    o.target = registry_id.to_owned();
+                    o
+                }),
+            };
+            let step = match step {
+                Ok(parked) if parked.status == ActionStatus::Pending => {
+                    let done = format!("rotated {} from {from} to {wanted}", reg.name);
+                    Ok(finish_parked(stage, registry_id, &event.id, &budget, parked, done).await)
+                }
+                other => other,
+            };
+            step
+            }
+            .await
         }
-        other => other,
     };
     if let Err(e) = stage.ledger.release_lease(&lease).await {
         tracing::warn!(registry = %registry_id, error = %e, "could not release the registry lease; it lapses by itself");
     }
     step
+}
+
+/// When `wanted` pins the version the event's facts called current: the key's current
+/// version now, if it is another one (a newer version appeared since the facts were read).
+async fn newer_version(
+    azure: &cmkguard_azure::AzureClients,
+    wanted: &KeyId,
+    key: &KeyFacts,
+    budget: &Budget,
+) -> Result<Option<KeyId>, AzureError> {
+    if !wanted.version().is_some_and(|v| v.eq_ignore_ascii_case(&key.version)) {
+        return Ok(None);
+    }
+    let now = azure.keyvault.get_key(&wanted.versionless(), budget).await?;
+    let current = KeyId::parse(&now.key.kid)
+        .map_err(|e| AzureError::Invalid(format!("Key Vault answered a key id that does not parse: {e}")))?;
+    Ok(current.version().filter(|v| !v.eq_ignore_ascii_case(&key.version)).map(|_| current.clone()))
 }
 
 /// Time kept back at the end of a registry lease for recording the outcome.
