@@ -123,11 +123,21 @@ pub async fn registry(
         Ok(k) => k,
         Err(e) => return refuse(format!("refused: {e}")),
     };
-    // Finish what an earlier event started on this registry before deciding anew.
+    // Finish what an earlier event started on this registry before deciding anew. While
+    // it runs, nothing else may change the registry: if it is heading where this event
+    // wants, its pending state is this event's outcome; otherwise this event asks for a
+    // redelivery and rotates once it has ended (recording the other rotation as this
+    // event's outcome would drop this event's own change; found by the soak).
     if stage.mode == Mode::Enforce
-        && let Some(step) = resume_for(stage, reg).await?
+        && let Some((step, op)) = resume_for(stage, reg).await?
     {
-        return Ok(step);
+        if KeyId::parse(&op.target_key).is_ok_and(|k| k == wanted) {
+            return Ok(step);
+        }
+        return Err(Retry(format!(
+            "registry {} is still being rotated to {} (started by event {}); this event's rotation to {wanted} waits for it",
+            reg.name, op.target_key, op.event_id
+        )));
     }
     let configured = reg.key_identifier.as_deref().and_then(|k| KeyId::parse(k).ok());
     if configured.as_ref() == Some(&wanted) {
@@ -297,13 +307,13 @@ pub fn rotation_budget(
     budget.min(left)
 }
 
-/// Polls this registry's pending rotation (if any) once. `Some(step)` when one is still
-/// running (nothing else may change the registry now); `None` when none is pending.
-async fn resume_for(stage: &ActStage, reg: &RegistryFacts) -> Result<Option<ActionOutcome>, Retry> {
+/// Polls this registry's pending rotation (if any) once. `Some((step, op))` when one is
+/// still running (nothing else may change the registry now); `None` when none is pending.
+async fn resume_for(stage: &ActStage, reg: &RegistryFacts) -> Result<Option<(ActionOutcome, PendingOperation)>, Retry> {
     let pending = stage.ledger.list_pending(Some(&reg.id)).await.map_err(|e| Retry(format!("ledger: {e}")))?;
     for op in pending {
         if let Some(step) = poll_pending(stage, &op).await? {
-            return Ok(Some(step));
+            return Ok(Some((step, op)));
         }
     }
     Ok(None)
