@@ -8,10 +8,8 @@
 # rotation, actions accounted for, no duplicate notification). About 1–2 minutes; bounded
 # at 3. Binaries come from the workspace test run (the build below is a no-op then).
 # SOAK_SEED picks another plan (default 42, so CI is reproducible).
-# Meant for scripts/check.d/ (as 60-soak.sh) once it is green on main: see BENCHMARKS.md
-# "Soak" for what it still finds.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 cargo build --release --locked --quiet -p cmkguard -p azsim -p cmkguard-e2e
 start=$(date +%s)
