@@ -257,14 +257,13 @@ pub async fn registry(
                     o
                 }),
             };
-            let step = match step {
+            match step {
                 Ok(parked) if parked.status == ActionStatus::Pending => {
                     let done = format!("rotated {} from {from} to {wanted}", reg.name);
                     Ok(finish_parked(stage, registry_id, &event.id, &budget, parked, done).await)
                 }
                 other => other,
-            };
-            step
+            }
             }
             .await
         }
