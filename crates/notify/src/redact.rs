@@ -151,8 +151,9 @@ mod tests {
         ) {
             let raw = format!("https://{host}{path}/{secret}?sig={secret}");
             let shown = redact_url(&raw);
-            prop_assert!(!shown.contains(&secret));
-            prop_assert!(!shown.contains(&path));
+            // Exactly scheme and host: a `contains(path)` check would be wrong for a path
+            // such as `/e` that the `//e.aa` of the host already spells.
+            prop_assert_eq!(shown, format!("https://{host}/…"));
             let parsed = SecretUrl::parse(&raw).unwrap();
             let shown_debug = format!("{:?}", parsed);
             prop_assert!(!shown_debug.contains(&secret));
