@@ -90,6 +90,11 @@ impl Pipeline {
     pub async fn handle(&self, event: &Event) -> Result<EventReport, StageError> {
         let now = (self.clock)();
         let input = self.enrich.enrich(event, now).await?;
+        self.decide_and_act(event, input).await
+    }
+
+    /// decide → act for facts already gathered (the sweep builds them from its scan).
+    pub async fn decide_and_act(&self, event: &Event, input: PolicyInput) -> Result<EventReport, StageError> {
         let decided = self.decide.decide(&input).await;
         if let Decided::PolicyError { error, .. } = &decided {
             tracing::warn!(event_id = %event.id, %error, "policy failed; failing safe (no remediation)");

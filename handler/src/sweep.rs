@@ -164,19 +164,7 @@ async fn evaluate(
 ) -> Result<EventReport, StageError> {
     let now = (pipeline.clock)();
     let input = enricher.registry_input(event, registry, now).await.map_err(|e| crate::enrich::stage_error(&e))?;
-    let decided = pipeline.decide.decide(&input).await;
-    if let Decided::PolicyError { error, .. } = &decided {
-        tracing::warn!(event_id = %event.id, %error, "policy failed; failing safe (no remediation)");
-    }
-    let actions = pipeline.act.act(event, &input, &decided).await?;
-    Ok(EventReport {
-        event_id: event.id.clone(),
-        event_type: event.event_type.clone(),
-        kind: event.kind.name().to_owned(),
-        subject: event.subject.clone(),
-        decided,
-        actions,
-    })
+    pipeline.decide_and_act(event, input).await
 }
 
 impl SweepSummary {
