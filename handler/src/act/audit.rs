@@ -8,8 +8,9 @@ use cmkguard_model::Event;
 
 use crate::pipeline::{ActionOutcome, Decided};
 
-/// The record for `event` as it will be stored.
-pub fn record(event: &Event, decided: &Decided, actions: &[ActionOutcome], mode: &str) -> AuditRecord {
+/// The record for `event` as it will be stored. Takes the outcomes (the caller gets them
+/// back from the record once it is written: one list per event, not two).
+pub fn record(event: &Event, decided: &Decided, actions: Vec<ActionOutcome>, mode: &str) -> AuditRecord {
     AuditRecord {
         event_id: event.id.clone(),
         event_type: event.event_type.clone(),
@@ -18,6 +19,6 @@ pub fn record(event: &Event, decided: &Decided, actions: &[ActionOutcome], mode:
         recorded_at: Utc::now(),
         mode: mode.to_owned(),
         decided: decided.clone(),
-        actions: actions.to_vec(),
+        actions,
     }
 }

@@ -6,10 +6,10 @@
 //!    was handled gets its recorded outcome back and nothing is repeated; one that another
 //!    invocation is handling is answered retryable; one whose earlier attempt stopped
 //!    half-way resumes from its checkpoint (steps recorded as done or pending are not
-//!    repeated). An event whose decision has **no side effect** (no notification, and
-//!    rotations only as monitor-mode "would do") is the exception: its outcome is worked
-//!    out first and the claim and the final record are one durable write
-//!    (`Ledger::claim_or_record`); a known id is answered exactly as above.
+//!    repeated). An event whose decision has **no side effect** (no notification that
+//!    could be sent, and rotations only as monitor-mode "would do") is the exception: its
+//!    outcome is worked out first and the claim and the final record are one durable
+//!    write (`Ledger::claim_or_record`); a known id is answered exactly as above.
 //! 2. A **policy error** never leads to remediation: it is recorded and alerted.
 //! 3. Otherwise every action runs in order: registry and vault rotations first
 //!    ([`rotate`]), then notifications ([`notify`]) so the message can say what was done.
@@ -169,10 +169,15 @@ impl ActStage {
                 out.push(kept);
             }
         }
-        let changes = out.clone();
-        for action in &decision.actions {
-            if let Action::Notify { channel, severity, title, text } = action {
-                out.push(notify::send(self, event, input, decision, &changes, channel, *severity, title, text).await);
+        // The messages say what was changed; copied only when there is a message.
+        if decision.actions.iter().any(|a| matches!(a, Action::Notify { .. })) {
+            let changes = out.clone();
+            for action in &decision.actions {
+                if let Action::Notify { channel, severity, title, text } = action {
+                    out.push(
+                        notify::send(self, event, input, decision, &changes, channel, *severity, title, text).await,
+                    );
+                }
             }
         }
         if decision.actions.iter().any(|a| matches!(a, Action::Audit)) {
@@ -235,22 +240,25 @@ impl Act for ActStage {
                 return Err(StageError::retryable("act", message));
             }
         };
-        let record = audit::record(event, decided, &actions, self.mode_str());
+        let record = audit::record(event, decided, actions, self.mode_str());
         self.ledger.complete(&ticket, &record).await.map_err(|e| ledger_error(&e))?;
-        Ok(actions)
+        Ok(record.actions)
     }
 }
 
 impl ActStage {
     /// Whether carrying the decision out changes nothing outside the ledger: no
-    /// notification, no policy-error alert, and rotations only in `monitor` mode (recorded
-    /// as "would do"). Such an event needs no claim before acting.
+    /// notification that could be sent, no policy-error alert, and rotations only in
+    /// `monitor` mode (recorded as "would do"). Such an event needs no claim before acting.
+    /// A notification to a channel the configuration does not have (or with no channels
+    /// at all) is refused and recorded without touching the ledger's dedupe table or the
+    /// network ([`notify`]), so it does not count as a side effect.
     fn without_side_effects(&self, decided: &Decided) -> bool {
         let Decided::Decision { decision, .. } = decided else { return false };
         decision.actions.iter().all(|a| match a {
             Action::Audit => true,
             Action::RotateRegistryKey { .. } | Action::RotateVaultKey { .. } => self.mode == Mode::Monitor,
-            Action::Notify { .. } => false,
+            Action::Notify { channel, .. } => self.notifier.as_ref().is_none_or(|n| n.channels().get(channel).is_err()),
         })
     }
 
@@ -273,9 +281,9 @@ impl ActStage {
         };
         let actions =
             self.run(event, input, decided, &mut scratch).await.map_err(|Retry(m)| StageError::retryable("act", m))?;
-        let record = audit::record(event, decided, &actions, self.mode_str());
+        let record = audit::record(event, decided, actions, self.mode_str());
         match self.ledger.claim_or_record(&record, self.claim_ttl).await.map_err(|e| ledger_error(&e))? {
-            None => Ok(Ok(actions)),
+            None => Ok(Ok(record.actions)),
             Some(claim) => Ok(Err(claim)),
         }
     }
