@@ -120,7 +120,7 @@ async fn handle(
     }
     let mut logs: Vec<String> = Vec::new();
     for r in &outcome.reports {
-        logs.push(format!("cmkguard: {} {} → {} action outcome(s)", r.kind, r.event_id, r.actions.len()));
+        logs.push(format!("cmkguard: {} {} → {} action outcome(s)", r.kind, r.event_id, r.actions));
     }
     for i in &outcome.ignored {
         logs.push(format!("cmkguard: ignored {} {} ({})", i.event_type, i.id, i.reason));

@@ -144,22 +144,7 @@ async fn handle(state: &AppState, query: &KeyQuery, headers: &HeaderMap, body: B
         // 503: Event Grid retries after ≥ 30 s.
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retryable", e.to_string()));
     }
-    #[derive(serde::Serialize)]
-    struct Answer<'a> {
-        received: usize,
-        handled: usize,
-        ignored: usize,
-        failed: usize,
-        outcome: &'a super::BatchOutcome,
-    }
-    let answer = Answer {
-        received,
-        handled: outcome.reports.len(),
-        ignored: outcome.ignored.len(),
-        failed: outcome.failed.len(),
-        outcome: &outcome,
-    };
-    Ok(super::json_response(StatusCode::OK, &answer))
+    Ok(super::batch_answer(received, outcome))
 }
 
 fn decode(kind: BodyKind, headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
