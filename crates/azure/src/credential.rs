@@ -160,9 +160,13 @@ fn credential_error_is_transient(e: &azure_core::Error) -> bool {
 }
 
 /// One token per audience, reused until `refresh_margin` before it expires.
+///
+/// Each audience has its own lock, held across its fetch: concurrent callers for one
+/// audience share one fetch, and a slow fetch for one audience (a Key Vault token being
+/// refreshed, the start-up warm-up) never holds up calls for another.
 pub struct TokenCache {
     source: Arc<dyn TokenSource>,
-    tokens: Mutex<HashMap<String, AccessToken>>,
+    tokens: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<AccessToken>>>>>,
     refresh_margin: chrono::Duration,
 }
 
@@ -181,7 +185,7 @@ impl TokenCache {
     pub fn with_margin(source: Arc<dyn TokenSource>, margin: Duration) -> Self {
         Self {
             source,
-            tokens: Mutex::new(HashMap::new()),
+            tokens: std::sync::Mutex::new(HashMap::new()),
             refresh_margin: chrono::Duration::from_std(margin).unwrap_or_default(),
         }
     }
@@ -190,25 +194,32 @@ impl TokenCache {
         self.source.describe()
     }
 
+    fn slot(&self, key: &str) -> Arc<Mutex<Option<AccessToken>>> {
+        let mut all = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(key.to_owned()).or_default().clone()
+    }
+
     /// A token for `audience` valid for at least the refresh margin.
     pub async fn get(&self, audience: &str) -> Result<AccessToken, AzureError> {
         let key = audience.trim_end_matches('/').to_ascii_lowercase();
-        // Holding the lock across the fetch makes concurrent callers share one fetch.
-        let mut tokens = self.tokens.lock().await;
-        if let Some(t) = tokens.get(&key)
+        let slot = self.slot(&key);
+        // Holding the audience's lock across the fetch makes concurrent callers share one fetch.
+        let mut token = slot.lock().await;
+        if let Some(t) = token.as_ref()
             && t.expires_on - Utc::now() > self.refresh_margin
         {
             return Ok(t.clone());
         }
         let t = self.source.fetch(audience.trim_end_matches('/')).await?;
         tracing::debug!(audience = %key, expires_on = %t.expires_on, "fetched access token");
-        tokens.insert(key, t.clone());
+        *token = Some(t.clone());
         Ok(t)
     }
 
     /// Forgets the token for `audience` (after Azure refused it).
     pub async fn invalidate(&self, audience: &str) {
-        self.tokens.lock().await.remove(&audience.trim_end_matches('/').to_ascii_lowercase());
+        let slot = self.slot(&audience.trim_end_matches('/').to_ascii_lowercase());
+        *slot.lock().await = None;
     }
 }
 
@@ -254,6 +265,33 @@ mod tests {
         let second = cache.get("https://management.azure.com").await.unwrap();
         assert_ne!(first.secret(), second.secret());
         assert_eq!(short.calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A fetch that never ends for one audience (a stuck Key Vault token refresh) does not
+    /// hold up another audience's token.
+    #[tokio::test]
+    async fn audiences_do_not_wait_for_each_other() {
+        struct Stuck;
+        #[async_trait]
+        impl TokenSource for Stuck {
+            async fn fetch(&self, audience: &str) -> Result<AccessToken, AzureError> {
+                if audience.contains("vault") {
+                    std::future::pending::<()>().await;
+                }
+                Ok(AccessToken::new(format!("tok-{audience}"), Utc::now() + chrono::Duration::hours(1)))
+            }
+            fn describe(&self) -> String {
+                "stuck".into()
+            }
+        }
+        let cache = Arc::new(TokenCache::new(Arc::new(Stuck)));
+        let c = cache.clone();
+        let stuck = tokio::spawn(async move { c.get("https://vault.azure.net").await });
+        tokio::task::yield_now().await;
+        let arm = tokio::time::timeout(Duration::from_secs(10), cache.get("https://management.azure.com")).await;
+        assert_eq!(arm.expect("not held up by the vault fetch").unwrap().secret(), "tok-https://management.azure.com");
+        assert!(!stuck.is_finished());
+        stuck.abort();
     }
 
     #[test]

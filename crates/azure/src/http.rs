@@ -1,7 +1,9 @@
-//! The shared HTTP core of every client: the reqwest client (rustls, platform roots; a
-//! test profile may add a CA and a loopback resolver), the outbound allowlist check,
-//! bearer tokens (ARM) and Key Vault's 401 challenge flow, retries with jittered
-//! exponential backoff and `Retry-After`, and the per-invocation time [`Budget`].
+//! The shared HTTP core of every client: the TLS settings the process's HTTP clients
+//! share ([`SharedTls`]: the platform's CA roots, read once), the reqwest client (a test
+//! profile may add a CA and a loopback resolver), the outbound allowlist check, bearer
+//! tokens (ARM) and Key Vault's 401 challenge flow, retries with jittered exponential
+//! backoff and `Retry-After`, the per-invocation time [`Budget`], and the warm-up that
+//! prepares the first call ([`AzureHttp::warm_up`]).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -235,23 +237,132 @@ fn split_params(s: &str) -> Vec<&str> {
     out
 }
 
-/// Builds the reqwest client for a profile: rustls with the platform's roots (plus a test
-/// CA, if the profile names one) and, for test profiles, every profile host resolved to
-/// loopback inside the client.
+/// The TLS client settings every outbound HTTP client of the process shares.
+///
+/// Reading and parsing the platform's CA roots (≈ 145 certificates, from the bundle file
+/// and the certificate directory) is the slowest part of building an HTTP client: each
+/// reqwest client used to do it again. One `SharedTls` loads them once; the Azure
+/// clients, the policy fetcher and the chat notifier build their clients from it (one
+/// rustls config: the same roots, crypto provider and TLS session cache). Verification is
+/// what reqwest's default does on Linux: WebPKI against the platform's roots, honouring
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR`.
+#[derive(Clone)]
+pub struct SharedTls {
+    roots: Arc<rustls::RootCertStore>,
+    config: rustls::ClientConfig,
+}
+
+impl std::fmt::Debug for SharedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTls").field("roots", &self.roots.len()).finish_non_exhaustive()
+    }
+}
+
+impl SharedTls {
+    /// Loads the platform's CA roots. Fails only when none can be found; roots that do not
+    /// parse are skipped with a warning (as reqwest's default does).
+    pub fn load() -> Result<Self, AzureError> {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!(error = %e, "a platform CA root could not be loaded");
+        }
+        let mut store = rustls::RootCertStore::empty();
+        let (added, ignored) = store.add_parsable_certificates(found.certs);
+        if ignored > 0 {
+            tracing::warn!(ignored, "platform CA roots that do not parse were ignored");
+        }
+        if store.is_empty() {
+            return Err(AzureError::Invalid(
+                "TLS: no CA root certificates were found on this system (install ca-certificates or set SSL_CERT_FILE)"
+                    .into(),
+            ));
+        }
+        tracing::debug!(roots = added, "loaded the platform CA roots");
+        Self::from_roots(Arc::new(store))
+    }
+
+    fn from_roots(roots: Arc<rustls::RootCertStore>) -> Result<Self, AzureError> {
+        // A provider the process installed wins; otherwise aws-lc-rs, as reqwest's default.
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| AzureError::Invalid(format!("TLS: {e}")))?
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        // What reqwest offers by default (HTTP/2 is negotiated when the server has it).
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self { roots, config })
+    }
+
+    /// These roots plus the PEM certificates of `pem` (a test cloud profile's CA).
+    pub fn with_extra_roots(&self, pem: &[u8]) -> Result<Self, String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+        if certs.is_empty() {
+            return Err("no PEM certificate in it".into());
+        }
+        let mut store = (*self.roots).clone();
+        for cert in certs {
+            store.add(cert).map_err(|e| e.to_string())?;
+        }
+        Self::from_roots(Arc::new(store)).map_err(|e| e.to_string())
+    }
+
+    /// Number of trusted roots.
+    pub fn roots(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// A reqwest client builder that uses these TLS settings.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        reqwest::Client::builder().tls_backend_preconfigured(self.config.clone())
+    }
+}
+
+/// Seeds the crypto library's random generator now. aws-lc gathers CPU-jitter entropy for
+/// its root generator once per process, on first use (tens of milliseconds of CPU): without
+/// this, the first TLS handshake (the first event's first Azure call) pays for it. Run it
+/// on a thread of its own at process start.
+pub fn warm_up_crypto() {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let mut seed = [0u8; 32];
+    if provider.secure_random.fill(&mut seed).is_err() {
+        tracing::debug!("could not warm up the crypto random generator; the first TLS handshake will");
+    }
+}
+
+/// Builds the reqwest client for a profile, loading the platform's CA roots for it alone
+/// (tools and tests; a server shares one [`SharedTls`]: [`build_client_with`]).
 pub fn build_client(profile: &CloudProfile) -> Result<reqwest::Client, AzureError> {
-    let mut b = reqwest::Client::builder()
+    build_client_with(profile, &SharedTls::load()?)
+}
+
+/// Builds the reqwest client for a profile from shared TLS settings (plus the test CA, if
+/// the profile names one) and, for test profiles, every profile host resolved to loopback
+/// inside the client.
+pub fn build_client_with(profile: &CloudProfile, tls: &SharedTls) -> Result<reqwest::Client, AzureError> {
+    let tls = match &profile.test.extra_ca_pem {
+        None => tls.clone(),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                AzureError::Invalid(format!("cloud profile: cannot read CA file {}: {e}", path.display()))
+            })?;
+            tls.with_extra_roots(&pem).map_err(|e| {
+                AzureError::Invalid(format!("cloud profile: {} is not a PEM certificate: {e}", path.display()))
+            })?
+        }
+    };
+    let mut b = tls
+        .client_builder()
         .user_agent(concat!("cmkguard/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .pool_idle_timeout(Duration::from_secs(60));
-    if let Some(path) = &profile.test.extra_ca_pem {
-        let pem = std::fs::read(path)
-            .map_err(|e| AzureError::Invalid(format!("cloud profile: cannot read CA file {}: {e}", path.display())))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            AzureError::Invalid(format!("cloud profile: {} is not a PEM certificate: {e}", path.display()))
-        })?;
-        b = b.tls_certs_merge(certs);
-    }
     if profile.test.resolve_to_loopback {
         b = b.dns_resolver(Arc::new(LoopbackResolver { profile: profile.clone() }));
     }
@@ -332,6 +443,36 @@ impl AzureHttp {
     }
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// Prepares the first Azure call of a fresh process while nothing waits for it: fetches
+    /// the ARM token, opens the ARM connection (TCP, TLS; kept in the pool) with one cheap
+    /// authenticated read (list subscriptions: every identity may, whatever its roles),
+    /// then fetches the Key Vault token. Run it after the server is ready, in the
+    /// background. It never fails: what goes wrong is logged at debug, and the real calls
+    /// retry it; an event that arrives meanwhile shares the token fetch in flight.
+    pub async fn warm_up(&self, budget: &Budget) {
+        let started = Instant::now();
+        let p = self.profile();
+        let mut url = p.arm_endpoint.clone();
+        url.set_path("/subscriptions");
+        url.set_query(Some("api-version=2022-12-01"));
+        match self.send(Call::new("arm.warm_up", Method::GET, url, Auth::Arm).once(), budget).await {
+            Ok(reply) => tracing::debug!(
+                status = reply.status.as_u16(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "warm-up: ARM token and connection ready"
+            ),
+            Err(e) => tracing::debug!(error = %e, "warm-up: ARM call failed; the first event's call will retry it"),
+        }
+        let vault = p.key_vault_audience.clone();
+        match tokio::time::timeout(budget.remaining(), self.tokens.get(&vault)).await {
+            Ok(Ok(_)) => {
+                tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "warm-up: Key Vault token ready")
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "warm-up: no Key Vault token yet"),
+            Err(_) => tracing::debug!("warm-up: Key Vault token not obtained within the warm-up budget"),
+        }
     }
 
     /// Sends `call`, retrying retryable failures within `budget`. Returns any

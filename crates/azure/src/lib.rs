@@ -31,7 +31,7 @@ pub use credential::{AccessToken, TokenCache, TokenSource};
 pub use enrich::Enricher;
 pub use error::{AzureError, Class};
 pub use graph::ResourceGraph;
-pub use http::{AzureHttp, Budget};
+pub use http::{AzureHttp, Budget, SharedTls};
 pub use keyvault::KeyVault;
 
 /// The Azure part of the configuration.
@@ -77,8 +77,18 @@ impl AzureClients {
     /// the environment (`env` looks variables up; see
     /// [`credential::IdentitySource::from_environment`]). Nothing is contacted yet.
     pub fn from_settings(settings: &AzureSettings, env: impl Fn(&str) -> Option<String>) -> Result<Self, AzureError> {
+        Self::from_settings_with(settings, env, &http::SharedTls::load()?)
+    }
+
+    /// [`AzureClients::from_settings`] with the process's shared TLS settings (a server
+    /// loads the CA roots once for all its HTTP clients).
+    pub fn from_settings_with(
+        settings: &AzureSettings,
+        env: impl Fn(&str) -> Option<String>,
+        tls: &http::SharedTls,
+    ) -> Result<Self, AzureError> {
         let profile = CloudProfile::load(&settings.cloud)?;
-        let client = http::build_client(&profile)?;
+        let client = http::build_client_with(&profile, tls)?;
         // The credential shares the client: same roots, and a test profile's resolver.
         let source = credential::IdentitySource::from_environment(
             &profile,
