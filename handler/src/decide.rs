@@ -63,32 +63,47 @@ impl PolicyDecide {
     /// Loads the configured policy (refusing to start with a bad one) and, when
     /// `reload_every` is set, starts the hot-reload task.
     pub async fn from_config(config: &PolicyConfig) -> Result<Self, String> {
+        let fetch = if needs_fetcher(config) { Some(HttpsFetch::new()?) } else { None };
+        let decide = Self::open(config, fetch).await?;
+        decide.start_reload(config);
+        Ok(decide)
+    }
+
+    /// Loads the configured policy (refusing to start with a bad one) without starting
+    /// the hot-reload task ([`PolicyDecide::start_reload`], once the rest of the start
+    /// succeeded). `fetch` is needed for a URL policy or a manifest ([`needs_fetcher`]).
+    pub async fn open(config: &PolicyConfig, fetch: Option<HttpsFetch>) -> Result<Self, String> {
         let limits = Limits { timeout: config.timeout, ..Limits::default() };
         let engine =
             PolicyEngine::new(limits, Some(config.cache_dir.clone())).map_err(|e| format!("policy engine: {e}"))?;
         let source = PolicySource::from_setting(config.source.as_deref(), config.sha256.as_deref())
             .map_err(|e| e.to_string())?;
-        let fetch: Arc<dyn Fetch> = Arc::new(HttpsFetch::new()?);
-        let host = PolicyHost::open(engine, source, config.manifest.clone(), config.settings.clone(), Some(fetch))
+        let fetch = fetch.map(|f| Arc::new(f) as Arc<dyn Fetch>);
+        let host = PolicyHost::open(engine, source, config.manifest.clone(), config.settings.clone(), fetch)
             .await
             .map_err(|e| format!("policy: {e}"))?;
-        let host = Arc::new(host);
-        let decide = Self::new(host.clone());
-        if let Some(every) = config.reload_every {
-            let (tx, rx) = mpsc::channel(REFUSALS_QUEUED);
-            let serving = Arc::downgrade(&host);
-            // Detached: it lives as long as the runtime (the process).
-            drop(host.spawn_reload(every, move |e| {
-                let Some(host) = serving.upgrade() else { return };
-                let refused =
-                    ReloadRefused { error: e.to_string(), serving: host.current().reference().clone(), at: Utc::now() };
-                if tx.try_send(refused).is_err() {
-                    tracing::warn!("policy reload refusals are not being alerted fast enough; this one is only logged");
-                }
-            }));
-            *decide.refusals.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+        Ok(Self::new(Arc::new(host)))
+    }
+
+    /// Starts the hot-reload task when `reload_every` is set (at most once per policy).
+    pub fn start_reload(&self, config: &PolicyConfig) {
+        let Some(every) = config.reload_every else { return };
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if refusals.is_some() {
+            return;
         }
-        Ok(decide)
+        let (tx, rx) = mpsc::channel(REFUSALS_QUEUED);
+        let serving = Arc::downgrade(&self.host);
+        // Detached: it lives as long as the runtime (the process).
+        drop(self.host.clone().spawn_reload(every, move |e| {
+            let Some(host) = serving.upgrade() else { return };
+            let refused =
+                ReloadRefused { error: e.to_string(), serving: host.current().reference().clone(), at: Utc::now() };
+            if tx.try_send(refused).is_err() {
+                tracing::warn!("policy reload refusals are not being alerted fast enough; this one is only logged");
+            }
+        }));
+        *refusals = Some(rx);
     }
 
     /// The refused reloads (once: the first caller gets the receiver). Hand it to
@@ -220,6 +235,13 @@ pub async fn alert_refused(stage: &ActStage, refused: &ReloadRefused) -> Vec<Act
     out
 }
 
+/// Whether the policy settings fetch anything over https (a URL policy or a manifest),
+/// so that the policy needs an [`HttpsFetch`]. Otherwise none is built (its TLS setup is
+/// start-up time for nothing).
+pub fn needs_fetcher(config: &PolicyConfig) -> bool {
+    config.manifest.is_some() || config.source.as_deref().is_some_and(|s| s.starts_with("https://"))
+}
+
 /// Fetches policy modules and manifests over https (bounded size and time).
 #[derive(Debug, Clone)]
 pub struct HttpsFetch {
@@ -227,8 +249,15 @@ pub struct HttpsFetch {
 }
 
 impl HttpsFetch {
+    /// With the platform's CA roots loaded for this client alone.
     pub fn new() -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+        Self::with_tls(&cmkguard_azure::SharedTls::load().map_err(|e| e.to_string())?)
+    }
+
+    /// With the process's shared TLS settings.
+    pub fn with_tls(tls: &cmkguard_azure::SharedTls) -> Result<Self, String> {
+        let client = tls
+            .client_builder()
             .timeout(Duration::from_secs(30))
             .https_only(true)
             .build()
@@ -272,6 +301,19 @@ mod tests {
             timeout: Duration::from_millis(50),
             reload_every: None,
         }
+    }
+
+    #[test]
+    fn a_fetcher_only_for_urls_and_manifests() {
+        let mut c = config("{}");
+        assert!(!needs_fetcher(&c), "embedded policy");
+        c.source = Some("/opt/policy.wasm".into());
+        assert!(!needs_fetcher(&c), "file policy");
+        c.source = Some("https://example.invalid/policy.wasm".into());
+        assert!(needs_fetcher(&c), "URL policy");
+        c.source = None;
+        c.manifest = Some("https://example.invalid/manifest.json".into());
+        assert!(needs_fetcher(&c), "manifest");
     }
 
     #[tokio::test]

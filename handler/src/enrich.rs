@@ -45,12 +45,23 @@ impl AzureEnrich {
     /// policy's settings (passed through to every input).
     pub fn from_config(config: &Config) -> Result<Self, String> {
         let clients = clients_from_config(config).map_err(|e| e.to_string())?;
-        Ok(Self::new(Enricher::new(
+        Ok(Self::with_clients(config, clients))
+    }
+
+    /// [`AzureEnrich::from_config`] with the process's shared TLS settings.
+    pub fn from_config_with(config: &Config, tls: &cmkguard_azure::SharedTls) -> Result<Self, String> {
+        let clients = AzureClients::from_settings_with(&azure_settings(config), |k| std::env::var(k).ok(), tls)
+            .map_err(|e| e.to_string())?;
+        Ok(Self::with_clients(config, clients))
+    }
+
+    fn with_clients(config: &Config, clients: AzureClients) -> Self {
+        Self::new(Enricher::new(
             clients,
             config.azure.subscriptions.clone(),
             config.azure.budget,
             config.policy.settings.clone(),
-        )))
+        ))
     }
 
     pub fn enricher(&self) -> &Enricher {

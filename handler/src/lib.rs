@@ -42,23 +42,59 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state a server needs from validated configuration.
+    ///
+    /// The independent parts of the start run at once (BENCHMARKS.md "Cold start"): the
+    /// ledger opens (on its own threads) and the platform's CA roots load (once, for every
+    /// HTTP client) while the policy engine starts and the policy loads. Every part is
+    /// awaited before anything starts serving or running in the background (the policy's
+    /// hot reload starts last), and the first error in start order (policy, ledger, Azure
+    /// clients) fails the start with its own message.
     pub async fn from_config(config: config::Config) -> Result<Self, String> {
+        let tls = tokio::task::spawn_blocking(cmkguard_azure::SharedTls::load);
+        let ledger = {
+            let config = config.clone();
+            tokio::spawn(async move {
+                let credential = cli::audit::ledger_credential(&config).map_err(|e| e.message)?;
+                cmkguard_ledger::open(&config.ledger, credential)
+                    .await
+                    .map_err(|e| format!("CMKGUARD_LEDGER: cannot open the ledger: {e}"))
+            })
+        };
+        let joined = |r: Result<Result<cmkguard_azure::SharedTls, cmkguard_azure::AzureError>, _>| match r {
+            Ok(tls) => tls.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("TLS setup: {e}")),
+        };
+        let (policy, tls) = if decide::needs_fetcher(&config.policy) {
+            let tls = joined(tls.await);
+            let fetch = tls.as_ref().map_err(Clone::clone).and_then(decide::HttpsFetch::with_tls);
+            let policy = match fetch {
+                Ok(fetch) => decide::PolicyDecide::open(&config.policy, Some(fetch)).await,
+                Err(e) => Err(e),
+            };
+            (policy, tls)
+        } else {
+            let policy = decide::PolicyDecide::open(&config.policy, None).await;
+            (policy, joined(tls.await))
+        };
+        // Always awaited, so a failed start leaves no ledger half-open behind it.
+        let ledger = ledger.await.map_err(|e| format!("CMKGUARD_LEDGER: cannot open the ledger: {e}"))?;
+        let (policy, ledger, tls) = (policy?, ledger?, tls?);
+
         let mut pipeline = pipeline::Pipeline::logging_only();
-        let policy = decide::PolicyDecide::from_config(&config.policy).await?;
-        // Refused hot reloads are alerted and recorded by the act stage's channels and ledger.
-        let reload_refusals = policy.take_refusals();
-        pipeline.decide = std::sync::Arc::new(policy);
         // A real deployment always has Azure; building the clients contacts nothing yet.
-        let enrich = enrich::AzureEnrich::from_config(&config)?;
+        let enrich = enrich::AzureEnrich::from_config_with(&config, &tls)?;
         // The act stage shares the enrich stage's Azure clients (one token cache, one pool).
         let azure = enrich.enricher().clients().clone();
         pipeline.enrich = std::sync::Arc::new(enrich);
-        let act = act::ActStage::from_config(&config, Some(azure.clone())).await?;
+        let act = act::ActStage::new(&config, ledger, Some(azure.clone()))?;
         pipeline.act = std::sync::Arc::new(act.clone());
-        if let Some(refusals) = reload_refusals {
+        policy.start_reload(&config.policy);
+        // Refused hot reloads are alerted and recorded by the act stage's channels and ledger.
+        if let Some(refusals) = policy.take_refusals() {
             // Detached: it ends when the reload task (and so the process) does.
             drop(tokio::spawn(decide::alert_refusals(act.clone(), refusals)));
         }
+        pipeline.decide = std::sync::Arc::new(policy);
         let sweeper = sweep::Sweeper {
             clients: azure,
             act,

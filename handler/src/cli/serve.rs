@@ -18,6 +18,10 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<u8, CliError> {
+    // Seeds the TLS library's random generator beside the start so the first event's first
+    // handshake does not pay for it: microseconds as this workspace builds aws-lc (without
+    // CPU-jitter entropy, .cargo/config.toml), 40–150 ms of CPU in a build with it.
+    let _ = std::thread::Builder::new().name("cmkguard-tls-warm".into()).spawn(cmkguard_azure::http::warm_up_crypto);
     let config = Config::from_settings(args.settings, |k| std::env::var(k).ok()).map_err(CliError::bad_input)?;
     logging::init(config.log_format, &config.log_filter);
     // Bind first: the Functions host polls the port and counts a refused connection as
@@ -27,6 +31,12 @@ pub async fn run(args: Args) -> Result<u8, CliError> {
         .map_err(|e| CliError::bad_input(format!("cannot listen on {}: {e}", config.listen)))?;
     let state = Arc::new(AppState::from_config(config).await.map_err(CliError::bad_input)?);
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), mode = state.config.mode.as_str(), "cmkguard listening");
+    // Ready now; the first event's Azure work (token, TLS connection) starts meanwhile.
+    if let Some(sweeper) = &state.sweeper {
+        let http = sweeper.clients.http.clone();
+        let budget = cmkguard_azure::Budget::new(state.config.azure.budget);
+        drop(tokio::spawn(async move { http.warm_up(&budget).await }));
+    }
     crate::api::serve(listener, state)
         .await
         .map_err(|e| CliError { code: 1, message: format!("server failed: {e}") })?;
