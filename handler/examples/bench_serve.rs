@@ -2,9 +2,12 @@
 //! decoder and stages, with the facts served from an in-memory cache instead of Azure.
 //!
 //! `--pipeline real` (the default): monitor mode, the default WASM policy (fresh sandbox
-//! per event, precompiled artifact cache), the act stage with its SQLite ledger (claim +
-//! audit record per event, durable), no chat channel; every event is a cache hit for the
-//! facts of a key near expiry used by 10 registries (the policy bench's input).
+//! per event, precompiled artifact cache), the act stage with its SQLite ledger, no chat
+//! channel; every event is a cache hit for the facts of a key near expiry used by 10
+//! registries (the policy bench's input). Its decision (5 rotations, 2 notifications) has
+//! no side effect here (monitor mode: "would do"; no channel: the notifications are
+//! refused and recorded), so each event is one durable ledger write, the claim and the
+//! audit record together (`Ledger::claim_or_record`).
 //! `--pipeline noop`: the logging-only pipeline (no policy, no ledger), the HTTP path alone.
 //! Logs as under Azure Functions: JSON lines at `info` on stderr.
 //!
