@@ -35,18 +35,33 @@ impl ResourceId {
     /// Parses `/subscriptions/{sub}/resourceGroups/{rg}/providers/{ns}/{type}/{name}[/…]`.
     /// Nested child types (`…/{type}/{name}/{child}/{childName}`) keep the top-level type and name.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let bad = || IdError::NotAResourceId(s.to_owned());
+        let [trimmed, subscription, resource_group, namespace, ty, name] =
+            Self::segments(s).ok_or_else(|| IdError::NotAResourceId(s.to_owned()))?;
+        Ok(Self {
+            raw: trimmed.to_owned(),
+            subscription: subscription.to_owned(),
+            resource_group: resource_group.to_owned(),
+            resource_type: format!("{namespace}/{ty}"),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Whether `s` parses, without building the id (the decision validator asks this of
+    /// every id a decision repeats from the input).
+    pub fn is_valid(s: &str) -> bool {
+        Self::segments(s).is_some()
+    }
+
+    /// The trimmed text, subscription, resource group, namespace, type and name.
+    fn segments(s: &str) -> Option<[&str; 6]> {
         let trimmed = s.trim();
-        let mut parts = trimmed.strip_prefix('/').ok_or_else(bad)?.split('/');
-        let mut next = |label: Option<&str>| -> Result<String, IdError> {
-            let seg = parts.next().ok_or_else(bad)?;
-            if label.is_some_and(|l| !seg.eq_ignore_ascii_case(l)) {
-                return Err(bad());
+        let mut parts = trimmed.strip_prefix('/')?.split('/');
+        let mut next = |label: Option<&str>| -> Option<&str> {
+            let seg = parts.next()?;
+            if label.is_some_and(|l| !seg.eq_ignore_ascii_case(l)) || seg.is_empty() {
+                return None;
             }
-            if seg.is_empty() {
-                return Err(bad());
-            }
-            Ok(seg.to_owned())
+            Some(seg)
         };
         next(Some("subscriptions"))?;
         let subscription = next(None)?;
@@ -57,17 +72,14 @@ impl ResourceId {
         let ty = next(None)?;
         let name = next(None)?;
         // Any further segments must come in type/name pairs.
-        let rest: Vec<&str> = parts.collect();
-        if !rest.len().is_multiple_of(2) || rest.iter().any(|p| p.is_empty()) {
-            return Err(bad());
+        let mut rest = 0usize;
+        for p in parts {
+            if p.is_empty() {
+                return None;
+            }
+            rest += 1;
         }
-        Ok(Self {
-            raw: trimmed.to_owned(),
-            subscription,
-            resource_group,
-            resource_type: format!("{namespace}/{ty}"),
-            name,
-        })
+        rest.is_multiple_of(2).then_some([trimmed, subscription, resource_group, namespace, ty, name])
     }
 
     /// Parses and checks the provider type (case-insensitive), e.g. `Microsoft.ContainerRegistry/registries`.
@@ -327,6 +339,16 @@ mod tests {
         #[test]
         fn resource_id_parser_never_panics(s in ".{0,200}") {
             let _ = ResourceId::parse(&s);
+        }
+
+        #[test]
+        fn is_valid_agrees_with_parse(
+            s in prop_oneof![
+                ".{0,120}",
+                "( ?/(subscriptions|SUBSCRIPTIONS|x)/[a-z0-9]{0,3}/(resourceGroups|rg)/[a-z]{0,3}/(providers|p)/[A-Za-z.]{0,5}(/[a-z]{0,3}){0,5}/? ?)",
+            ]
+        ) {
+            prop_assert_eq!(ResourceId::is_valid(&s), ResourceId::parse(&s).is_ok(), "{:?}", s);
         }
 
         #[test]

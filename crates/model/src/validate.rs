@@ -25,9 +25,11 @@ impl Default for DecisionLimits {
     }
 }
 
-fn check_len(what: &str, value: &str, max: usize) -> Result<(), String> {
+/// `what` names the field; it is only formatted when the check fails (the happy path
+/// allocates nothing).
+fn check_len(what: impl FnOnce() -> String, value: &str, max: usize) -> Result<(), String> {
     if value.len() > max {
-        return Err(format!("{what} is {} bytes (at most {max})", value.len()));
+        return Err(format!("{} is {} bytes (at most {max})", what(), value.len()));
     }
     Ok(())
 }
@@ -42,12 +44,19 @@ fn valid_channel(name: &str) -> bool {
 /// only counts when it parses, exactly as on the parsing path).
 struct InScope<'a> {
     input: &'a PolicyInput,
-    registries: Vec<(&'a str, OnceCell<Option<ResourceId>>)>,
+    registries: Vec<InputRegistry<'a>>,
     key: OnceCell<Option<KeyId>>,
     /// Every key id the input mentions (the key, the registries' configured and in-use keys).
     keys: Vec<(&'a str, OnceCell<Option<KeyId>>)>,
     vault_uri: Option<&'a str>,
     subject: &'a str,
+}
+
+/// A registry id of the input, whether it parses, and (only when needed) the parsed id.
+struct InputRegistry<'a> {
+    id: &'a str,
+    valid: OnceCell<bool>,
+    parsed: OnceCell<Option<ResourceId>>,
 }
 
 impl<'a> InScope<'a> {
@@ -68,7 +77,11 @@ impl<'a> InScope<'a> {
         }
         Self {
             input,
-            registries: input.registries.iter().map(|r| (r.id.as_str(), OnceCell::new())).collect(),
+            registries: input
+                .registries
+                .iter()
+                .map(|r| InputRegistry { id: &r.id, valid: OnceCell::new(), parsed: OnceCell::new() })
+                .collect(),
             key: OnceCell::new(),
             keys,
             vault_uri: input.key.as_ref().map(|k| k.vault_uri.as_str()),
@@ -82,9 +95,8 @@ impl<'a> InScope<'a> {
     }
 
     fn registry_exact(&self, id: &str) -> bool {
-        self.registries
-            .iter()
-            .any(|(raw, parsed)| *raw == id && parsed.get_or_init(|| ResourceId::parse(raw).ok()).is_some())
+        // Validity without building the id: most decisions name several registries.
+        self.registries.iter().any(|r| r.id == id && *r.valid.get_or_init(|| ResourceId::is_valid(r.id)))
     }
 
     fn has_registry(&self, id: &str) -> bool {
@@ -92,7 +104,7 @@ impl<'a> InScope<'a> {
             || ResourceId::parse(id).is_ok_and(|id| {
                 self.registries
                     .iter()
-                    .any(|(raw, p)| p.get_or_init(|| ResourceId::parse(raw).ok()).as_ref() == Some(&id))
+                    .any(|r| r.parsed.get_or_init(|| ResourceId::parse(r.id).ok()).as_ref() == Some(&id))
             })
     }
 
@@ -144,9 +156,9 @@ pub fn validate(decision: &Decision, input: &PolicyInput, limits: &DecisionLimit
         if f.rule_id.trim().is_empty() {
             return Err(format!("finding {i} has an empty rule id"));
         }
-        check_len(&at("rule id"), &f.rule_id, limits.max_short)?;
-        check_len(&at("resource"), &f.resource, limits.max_id)?;
-        check_len(&at("message"), &f.message, limits.max_text)?;
+        check_len(|| at("rule id"), &f.rule_id, limits.max_short)?;
+        check_len(|| at("resource"), &f.resource, limits.max_id)?;
+        check_len(|| at("message"), &f.message, limits.max_text)?;
         if !scope.has_resource(&f.resource) {
             return Err(format!("finding {i} ({}) is about {:?}, which is not in the input", f.rule_id, f.resource));
         }
@@ -155,14 +167,14 @@ pub fn validate(decision: &Decision, input: &PolicyInput, limits: &DecisionLimit
         match a {
             Action::Audit => {}
             Action::RotateRegistryKey { registry, target } => {
-                check_len(&format!("action {i} registry"), registry, limits.max_id)?;
+                check_len(|| format!("action {i} registry"), registry, limits.max_id)?;
                 if !scope.has_registry(registry) {
                     return Err(format!(
                         "action {i} (rotate-registry-key) targets registry {registry:?}, which is not in the input"
                     ));
                 }
                 if let RotateTarget::KeyId(k) = target {
-                    check_len(&format!("action {i} key id"), k, limits.max_id)?;
+                    check_len(|| format!("action {i} key id"), k, limits.max_id)?;
                     if !scope.has_key(k) {
                         return Err(format!(
                             "action {i} (rotate-registry-key) points {registry:?} at key {k:?}, which is not in the input"
@@ -181,7 +193,7 @@ pub fn validate(decision: &Decision, input: &PolicyInput, limits: &DecisionLimit
                 }
             }
             Action::RotateVaultKey { key } => {
-                check_len(&format!("action {i} key"), key, limits.max_id)?;
+                check_len(|| format!("action {i} key"), key, limits.max_id)?;
                 let exact = input.key.as_ref().is_some_and(|k| k.key_id == *key) && scope.key().is_some();
                 let ok = exact || KeyId::parse(key).is_ok_and(|k| scope.key().is_some_and(|x| x.same_key(&k)));
                 if !ok {
@@ -196,8 +208,8 @@ pub fn validate(decision: &Decision, input: &PolicyInput, limits: &DecisionLimit
                         "action {i} (notify) names channel {channel:?}: letters, digits, - and _ only, at most 64"
                     ));
                 }
-                check_len(&format!("action {i} title"), title, limits.max_short)?;
-                check_len(&format!("action {i} text"), text, limits.max_text)?;
+                check_len(|| format!("action {i} title"), title, limits.max_short)?;
+                check_len(|| format!("action {i} text"), text, limits.max_text)?;
             }
         }
     }
