@@ -47,9 +47,12 @@ fn run() -> Result<(), String> {
     ensure_wasm_target()?;
 
     let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&policies)
-        .args(["build", "--release", "--locked", "--workspace", "--target", TARGET, "--target-dir"])
-        .arg(&wasm_target_dir);
+    cmd.current_dir(&policies).args(["build", "--release", "--locked", "--target", TARGET]);
+    // The policies only: the workspace also holds a native profiling harness.
+    for (package, _, _) in POLICIES {
+        cmd.args(["-p", package]);
+    }
+    cmd.arg("--target-dir").arg(&wasm_target_dir);
     scrub(&mut cmd);
     let status = cmd.status().map_err(|e| format!("running {cargo}: {e}"))?;
     if !status.success() {
@@ -90,9 +93,10 @@ const WASI_FS: &str = "package wasi:filesystem@0.2.0; interface types { read-fil
 const WASI_SOCKETS: &str = "package wasi:sockets@0.2.0; interface tcp { connect: func(host: string); }";
 
 /// Wraps the hand-written core modules in `tests/data/*.wat` (the hostile policies of the
-/// tests) into components of the contract's world, or of the world each was written for
-/// (a WASI import, contract 2.0.0). Cheap (a few small modules); done here so that the
-/// tests need no wasm tooling of their own.
+/// tests) into components of contract 1's world (`wit/policy.wit`: they also prove that
+/// the host still runs version-1 policies), or of the world each was written for (a WASI
+/// import, contract 3.0.0, which does not exist). Cheap (a few small modules); done here
+/// so that the tests need no wasm tooling of their own.
 fn test_components(data: &Path, wit: &Path, out: &Path) -> Result<(), String> {
     println!("cargo:rerun-if-changed={}", data.display());
     let entries = std::fs::read_dir(data).map_err(|e| format!("{}: {e}", data.display()))?;
@@ -106,7 +110,7 @@ fn test_components(data: &Path, wit: &Path, out: &Path) -> Result<(), String> {
         let mut resolve = wit_parser::Resolve::default();
         let world = if name == "wrong-contract" {
             let src =
-                std::fs::read_to_string(wit.join("policy.wit")).map_err(|e| fail(&e))?.replace("@1.0.0", "@2.0.0");
+                std::fs::read_to_string(wit.join("policy.wit")).map_err(|e| fail(&e))?.replace("@1.0.0", "@3.0.0");
             let pkg = resolve.push_str("policy.wit", &src).map_err(|e| fail(&e))?;
             resolve.select_world(&[pkg], Some("policy")).map_err(|e| fail(&e))?
         } else {

@@ -1,5 +1,6 @@
-//! Conversions between the domain model ([`cmkguard_model`]) and the contract's lean
-//! encoding (times as Unix seconds, the event kind as an enum).
+//! Conversions between the domain model ([`cmkguard_model`]) and the contracts' lean
+//! encodings (times as Unix seconds, the event kind as an enum): contract 1 borrows
+//! every string from the model; contract 2 ([`v2`]) copies them into one string table.
 
 use chrono::{DateTime, Utc};
 use cmkguard_model as model;
@@ -105,50 +106,175 @@ fn registry<'a>(r: &'a model::RegistryFacts, tags: &'a [(&'a str, &'a str)]) -> 
     }
 }
 
-pub fn severity(s: wit::Severity) -> model::Severity {
-    match s {
-        wit::Severity::Info => model::Severity::Info,
-        wit::Severity::Low => model::Severity::Low,
-        wit::Severity::Medium => model::Severity::Medium,
-        wit::Severity::High => model::Severity::High,
-        wit::Severity::Critical => model::Severity::Critical,
-    }
+/// `decision` and `severity`: the model's decision for a contract's decision (validated
+/// separately). The output types of contracts 1 and 2 are the same; `wit` names the
+/// contract's types module where this is used.
+macro_rules! decision_conversions {
+    () => {
+        pub fn severity(s: wit::Severity) -> model::Severity {
+            match s {
+                wit::Severity::Info => model::Severity::Info,
+                wit::Severity::Low => model::Severity::Low,
+                wit::Severity::Medium => model::Severity::Medium,
+                wit::Severity::High => model::Severity::High,
+                wit::Severity::Critical => model::Severity::Critical,
+            }
+        }
+
+        /// The model decision for a contract decision (validated separately).
+        pub fn decision(d: wit::Decision) -> model::Decision {
+            model::Decision {
+                findings: d
+                    .findings
+                    .into_iter()
+                    .map(|f| model::Finding {
+                        rule_id: f.rule_id,
+                        severity: severity(f.severity),
+                        resource: f.resource,
+                        message: f.message,
+                    })
+                    .collect(),
+                actions: d
+                    .actions
+                    .into_iter()
+                    .map(|a| match a {
+                        wit::Action::Audit => model::Action::Audit,
+                        wit::Action::RotateRegistryKey(r) => model::Action::RotateRegistryKey {
+                            registry: r.registry,
+                            target: match r.target {
+                                wit::RotateTarget::Versionless => model::RotateTarget::Versionless,
+                                wit::RotateTarget::LatestVersion => model::RotateTarget::LatestVersion,
+                                wit::RotateTarget::KeyId(k) => model::RotateTarget::KeyId(k),
+                            },
+                        },
+                        wit::Action::RotateVaultKey(k) => model::Action::RotateVaultKey { key: k.key },
+                        wit::Action::Notify(n) => model::Action::Notify {
+                            channel: n.channel,
+                            severity: severity(n.severity),
+                            title: n.title,
+                            text: n.text,
+                        },
+                    })
+                    .collect(),
+            }
+        }
+    };
 }
 
-/// The model decision for a contract decision (validated separately).
-pub fn decision(d: wit::Decision) -> model::Decision {
-    model::Decision {
-        findings: d
-            .findings
-            .into_iter()
-            .map(|f| model::Finding {
-                rule_id: f.rule_id,
-                severity: severity(f.severity),
-                resource: f.resource,
-                message: f.message,
-            })
-            .collect(),
-        actions: d
-            .actions
-            .into_iter()
-            .map(|a| match a {
-                wit::Action::Audit => model::Action::Audit,
-                wit::Action::RotateRegistryKey(r) => model::Action::RotateRegistryKey {
-                    registry: r.registry,
-                    target: match r.target {
-                        wit::RotateTarget::Versionless => model::RotateTarget::Versionless,
-                        wit::RotateTarget::LatestVersion => model::RotateTarget::LatestVersion,
-                        wit::RotateTarget::KeyId(k) => model::RotateTarget::KeyId(k),
-                    },
-                },
-                wit::Action::RotateVaultKey(k) => model::Action::RotateVaultKey { key: k.key },
-                wit::Action::Notify(n) => model::Action::Notify {
-                    channel: n.channel,
-                    severity: severity(n.severity),
-                    title: n.title,
-                    text: n.text,
-                },
-            })
-            .collect(),
+decision_conversions!();
+
+/// Contract 2.0.0: the input's strings in one string table, records with spans.
+pub mod v2 {
+    use cmkguard_model as model;
+
+    use super::secs;
+    use crate::bindings_v2::cmkguard::policy::types as wit;
+    use crate::error::EvalError;
+
+    decision_conversions!();
+
+    /// The contract input, owned: the string table and the records pointing into it.
+    pub struct Input {
+        strings: String,
+        event: wit::EventInfo,
+        now: i64,
+        key: Option<wit::KeyFacts>,
+        registries: Vec<wit::RegistryFacts>,
+        tags: Vec<wit::Tag>,
+        settings: wit::Span,
+    }
+
+    /// Appends strings and hands out their spans.
+    struct Table(String);
+
+    impl Table {
+        fn span(&mut self, s: &str) -> wit::Span {
+            // Offsets past u32 are caught once the table is complete (`Input::new`).
+            let offset = self.0.len() as u32;
+            self.0.push_str(s);
+            wit::Span { offset, len: s.len() as u32 }
+        }
+
+        fn opt(&mut self, s: Option<&str>) -> Option<wit::Span> {
+            s.map(|s| self.span(s))
+        }
+    }
+
+    impl Input {
+        /// Encodes `input`; `settings` overrides `input.settings` when given.
+        pub fn new(input: &model::PolicyInput, settings: Option<&str>) -> Result<Self, EvalError> {
+            let kind = match super::event_kind(&input.event.kind)? {
+                super::wit::EventKind::KeyNearExpiry => wit::EventKind::KeyNearExpiry,
+                super::wit::EventKind::KeyExpired => wit::EventKind::KeyExpired,
+                super::wit::EventKind::KeyNewVersionCreated => wit::EventKind::KeyNewVersionCreated,
+                super::wit::EventKind::RegistryWritten => wit::EventKind::RegistryWritten,
+                super::wit::EventKind::Sweep => wit::EventKind::Sweep,
+            };
+            let mut t = Table(String::with_capacity(1024 + 512 * input.registries.len()));
+            let event = wit::EventInfo {
+                kind,
+                id: t.span(&input.event.id),
+                time: secs(input.event.time),
+                subject: t.span(&input.event.subject),
+            };
+            let key = input.key.as_ref().map(|k| wit::KeyFacts {
+                key_id: t.span(&k.key_id),
+                vault_uri: t.span(&k.vault_uri),
+                name: t.span(&k.name),
+                version: t.span(&k.version),
+                key_type: t.span(&k.key_type),
+                key_size: k.key_size,
+                enabled: k.enabled,
+                expires: k.expires.map(secs),
+                not_before: k.not_before.map(secs),
+                created: k.created.map(secs),
+                has_rotation_policy: k.has_rotation_policy,
+                vault: wit::VaultFacts { soft_delete: k.vault.soft_delete, purge_protection: k.vault.purge_protection },
+            });
+            let mut tags = Vec::with_capacity(input.registries.iter().map(|r| r.tags.len()).sum());
+            let registries = input
+                .registries
+                .iter()
+                .map(|r| {
+                    let first = tags.len() as u32;
+                    tags.extend(r.tags.iter().map(|(k, v)| wit::Tag { name: t.span(k), value: t.span(v) }));
+                    wit::RegistryFacts {
+                        id: t.span(&r.id),
+                        name: t.span(&r.name),
+                        sku: t.span(&r.sku),
+                        location: t.span(&r.location),
+                        encryption_enabled: r.encryption_enabled,
+                        key_identifier: t.opt(r.key_identifier.as_deref()),
+                        versioned_key_identifier: t.opt(r.versioned_key_identifier.as_deref()),
+                        identity: t.opt(r.identity.as_deref()),
+                        key_rotation_enabled: r.key_rotation_enabled,
+                        last_rotation: r.last_rotation.map(secs),
+                        provisioning_state: t.opt(r.provisioning_state.as_deref()),
+                        tags: wit::Span { offset: first, len: r.tags.len() as u32 },
+                    }
+                })
+                .collect();
+            let settings = t.span(settings.unwrap_or(&input.settings));
+            if u32::try_from(t.0.len()).is_err() || u32::try_from(tags.len()).is_err() {
+                return Err(EvalError::Input(format!(
+                    "the input's strings take {} bytes; contract 2 addresses at most 4 GiB",
+                    t.0.len()
+                )));
+            }
+            Ok(Self { strings: t.0, event, now: secs(input.now), key, registries, tags, settings })
+        }
+
+        /// The contract value, borrowing from `self`.
+        pub fn wit(&self) -> wit::PolicyInput<'_> {
+            wit::PolicyInput {
+                strings: &self.strings,
+                event: self.event,
+                now: self.now,
+                key: self.key,
+                registries: &self.registries,
+                tags: &self.tags,
+                settings: self.settings,
+            }
+        }
     }
 }

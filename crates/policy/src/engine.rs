@@ -9,17 +9,23 @@ use std::time::{Duration, Instant};
 use cmkguard_model::outcome::PolicyRef;
 use cmkguard_model::{Decision, PolicyInput};
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker, TypedFunc};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
 
 use crate::bindings::cmkguard::policy::log;
-use crate::bindings::{Policy as Bindings, PolicyPre};
+use crate::bindings::{Policy as BindingsV1, PolicyPre as PolicyPreV1};
+use crate::bindings_v2::cmkguard::policy::log as log_v2;
+use crate::bindings_v2::{Policy as BindingsV2, PolicyPre as PolicyPreV2};
 use crate::cache::ArtifactCache;
 use crate::error::{EvalError, LoadError};
 use crate::validate::{DecisionLimits, validate};
 
-/// The contract version this host speaks (`wit/`).
-pub const CONTRACT_VERSION: &str = "1.0.0";
+/// The contract version of new policies (`wit/v2`): what the SDK and the built-in
+/// policies are built against.
+pub const CONTRACT_VERSION: &str = "2.0.0";
+/// Every contract major version this host loads: 2 (`wit/v2`) and 1 (`wit/policy.wit`,
+/// policies built before 2 existed keep running unchanged).
+pub const CONTRACT_VERSIONS: &str = "2.x or 1.x";
 /// The interfaces a policy may import: the bounded log, and the contract's type-only
 /// interface (no functions).
 pub const ALLOWED_IMPORTS: [&str; 2] = ["cmkguard:policy/log", "cmkguard:policy/types"];
@@ -48,6 +54,17 @@ pub struct Limits {
     /// (64 KiB stack, data, heap: 256 KiB), so a typical evaluation resets without a
     /// system call.
     pub keep_resident_bytes: usize,
+    /// Reset only the pages an evaluation dirtied within `keep_resident_bytes`, found with
+    /// Linux's `PAGEMAP_SCAN` ioctl (kernel ≥ 6.7; elsewhere wasmtime falls back to
+    /// resetting all of them). On by default: one ioctl is cheaper than a 256 KiB memset
+    /// (BENCHMARKS.md, "Policy").
+    pub pagemap_scan: bool,
+    /// Fill each instance's function tables at instantiation instead of on first use
+    /// (wasmtime's `table_lazy_init(false)`).
+    pub eager_tables: bool,
+    /// Write `/tmp/perf-<pid>.map` so that `perf report` names the policies' compiled
+    /// functions (profiling only).
+    pub perf_map: bool,
     pub decision: DecisionLimits,
 }
 
@@ -61,6 +78,9 @@ impl Default for Limits {
             instances: 64,
             module_bytes: 64 << 20,
             keep_resident_bytes: 256 << 10,
+            pagemap_scan: true,
+            eager_tables: false,
+            perf_map: false,
             decision: DecisionLimits::default(),
         }
     }
@@ -95,6 +115,18 @@ impl ResourceLimiter for Sandbox {
 
 impl log::Host for Sandbox {
     fn log(&mut self, level: log::Level, message: String) {
+        let level = match level {
+            log::Level::Debug => log_v2::Level::Debug,
+            log::Level::Info => log_v2::Level::Info,
+            log::Level::Warn => log_v2::Level::Warn,
+            log::Level::Error => log_v2::Level::Error,
+        };
+        log_v2::Host::log(self, level, message);
+    }
+}
+
+impl log_v2::Host for Sandbox {
+    fn log(&mut self, level: log_v2::Level, message: String) {
         self.logged = self.logged.saturating_add(1);
         if self.logged > LOG_LINES {
             if self.logged == LOG_LINES + 1 {
@@ -108,10 +140,10 @@ impl log::Host for Sandbox {
         }
         let line = &message[..end];
         match level {
-            log::Level::Debug => tracing::debug!(policy = %self.policy, "{line}"),
-            log::Level::Info => tracing::info!(policy = %self.policy, "{line}"),
-            log::Level::Warn => tracing::warn!(policy = %self.policy, "{line}"),
-            log::Level::Error => tracing::error!(policy = %self.policy, "{line}"),
+            log_v2::Level::Debug => tracing::debug!(policy = %self.policy, "{line}"),
+            log_v2::Level::Info => tracing::info!(policy = %self.policy, "{line}"),
+            log_v2::Level::Warn => tracing::warn!(policy = %self.policy, "{line}"),
+            log_v2::Level::Error => tracing::error!(policy = %self.policy, "{line}"),
         }
     }
 }
@@ -154,7 +186,8 @@ impl PolicyEngine {
             .table_elements(limits.table_elements)
             .max_component_instance_size(4 << 20)
             .linear_memory_keep_resident(limits.keep_resident_bytes)
-            .table_keep_resident(16 << 10);
+            .table_keep_resident(16 << 10)
+            .pagemap_scan(if limits.pagemap_scan { wasmtime::Enabled::Auto } else { wasmtime::Enabled::No });
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -164,11 +197,17 @@ impl PolicyEngine {
             .memory_reservation(limits.memory_bytes as u64)
             .memory_guard_size(64 << 10)
             .memory_reservation_for_growth(0)
+            .table_lazy_init(!limits.eager_tables)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if limits.perf_map {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);
         log::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        log_v2::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
 
         spawn_ticker(&engine, tick);
@@ -207,31 +246,59 @@ impl PolicyEngine {
         if let Some(bad) = imports.iter().find(|i| !ALLOWED_IMPORTS.iter().any(|a| is_version_of(i, a))) {
             return Err(LoadError::ForbiddenImport(bad.clone()));
         }
-        if !exports
-            .iter()
-            .any(|e| is_version_of(e, EVALUATOR_EXPORT) && version_of(e).is_some_and(|v| v.starts_with("1.")))
-        {
-            return Err(LoadError::WrongContract {
-                found: if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") },
-                expected: CONTRACT_VERSION,
-            });
-        }
+        // The newest contract the component exports wins (a component exporting both
+        // is run as version 2).
+        let exported = |major: &str| {
+            exports.iter().any(|e| {
+                is_version_of(e, EVALUATOR_EXPORT)
+                    && version_of(e).and_then(|v| v.split('.').next()).is_some_and(|m| m == major)
+            })
+        };
+        let major = match (exported("2"), exported("1")) {
+            (true, _) => "2",
+            (false, true) => "1",
+            (false, false) => {
+                return Err(LoadError::WrongContract {
+                    found: if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") },
+                    expected: CONTRACT_VERSIONS,
+                });
+            }
+        };
 
         let pre =
             self.inner.linker.instantiate_pre(&component).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
-        let pre = PolicyPre::new(pre).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        let instantiate = |e: wasmtime::Error| LoadError::Instantiate(format!("{e:#}"));
+        let pre = if major == "2" {
+            let pre = PolicyPreV2::new(pre).map_err(instantiate)?;
+            let evaluate = exports
+                .iter()
+                .filter(|e| is_version_of(e, EVALUATOR_EXPORT) && version_of(e).is_some_and(|v| v.starts_with("2.")))
+                .find_map(|e| component.get_export_index(None, e))
+                .and_then(|i| component.get_export_index(Some(&i), "evaluate"))
+                .ok_or_else(|| LoadError::Instantiate("no evaluate function in the evaluator export".to_owned()))?;
+            Pre::V2 { pre, evaluate }
+        } else {
+            Pre::V1(PolicyPreV1::new(pre).map_err(instantiate)?)
+        };
         let mut policy = Policy {
             engine: self.clone(),
             pre,
             reference: PolicyRef { name: String::new(), version: String::new(), digest },
+            log_name: Arc::from(origin),
             settings: settings.to_owned(),
-            info: LoadInfo { origin: origin.to_owned(), size: bytes.len(), imports, exports, compile_time, from_cache },
+            info: LoadInfo {
+                origin: origin.to_owned(),
+                size: bytes.len(),
+                imports,
+                exports,
+                compile_time,
+                from_cache,
+                contract_version: String::new(),
+            },
         };
-        let meta = policy
-            .call(|b, store| b.cmkguard_policy_evaluator().call_metadata(store))
-            .map_err(|e| LoadError::Metadata(e.to_string()))?;
-        if meta.contract_version.split('.').next() != Some("1") {
-            return Err(LoadError::ContractVersion(meta.contract_version, CONTRACT_VERSION));
+        let meta = policy.metadata().map_err(|e| LoadError::Metadata(e.to_string()))?;
+        if meta.contract_version.split('.').next() != Some(major) {
+            return Err(LoadError::ContractVersion(meta.contract_version, CONTRACT_VERSIONS));
         }
         let bad_name = |s: &str| s.is_empty() || s.len() > 128 || s.chars().any(char::is_control);
         if bad_name(&meta.name) || bad_name(&meta.version) {
@@ -240,8 +307,10 @@ impl PolicyEngine {
                 meta.name, meta.version
             )));
         }
+        policy.log_name = Arc::from(meta.name.as_str());
         policy.reference.name = meta.name;
         policy.reference.version = meta.version;
+        policy.info.contract_version = meta.contract_version;
         policy.check_settings(settings)?;
         Ok(policy)
     }
@@ -296,13 +365,35 @@ pub struct LoadInfo {
     pub exports: Vec<String>,
     pub compile_time: Duration,
     pub from_cache: bool,
+    /// The contract version the policy reports (`1.0.0`, `2.0.0`).
+    pub contract_version: String,
+}
+
+/// The contract-specific half of a loaded policy.
+enum Pre {
+    V1(PolicyPreV1<Sandbox>),
+    /// `evaluate`: the export of the evaluate function, called without the bindings'
+    /// per-instantiation type check of every export (see [`EvaluateV2`]).
+    V2 {
+        pre: PolicyPreV2<Sandbox>,
+        evaluate: ComponentExportIndex,
+    },
+}
+
+/// `metadata`'s answer, whichever the contract.
+struct Metadata {
+    name: String,
+    version: String,
+    contract_version: String,
 }
 
 /// A loaded, checked policy: compiled once, instantiated fresh per evaluation.
 pub struct Policy {
     engine: PolicyEngine,
-    pre: PolicyPre<Sandbox>,
+    pre: Pre,
     reference: PolicyRef,
+    /// `reference.name` for the log lines of each evaluation's sandbox.
+    log_name: Arc<str>,
     settings: String,
     info: LoadInfo,
 }
@@ -330,7 +421,15 @@ impl Policy {
 
     /// Asks the policy whether it accepts `settings`.
     pub fn check_settings(&self, settings: &str) -> Result<(), LoadError> {
-        match self.call(|b, store| b.cmkguard_policy_evaluator().call_validate_settings(store, settings)) {
+        let answer = match &self.pre {
+            Pre::V1(pre) => self.call(pre, |b: &BindingsV1, store| {
+                b.cmkguard_policy_evaluator().call_validate_settings(store, settings)
+            }),
+            Pre::V2 { pre, .. } => self.call(pre, |b: &BindingsV2, store| {
+                b.cmkguard_policy_evaluator().call_validate_settings(store, settings)
+            }),
+        };
+        match answer {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(LoadError::Settings(msg)),
             Err(e) => Err(LoadError::Settings(format!("validate-settings failed: {e}"))),
@@ -345,32 +444,112 @@ impl Policy {
     /// Evaluates; `settings` overrides the input's settings when given. The decision is
     /// validated against the input.
     pub fn evaluate_with(&self, input: &PolicyInput, settings: Option<&str>) -> Result<Decision, EvalError> {
-        let tags = crate::convert::Tags::of(input);
-        let registries = crate::convert::registries(input, &tags);
-        let wit_input = crate::convert::input(input, &registries, settings)?;
-        let raw = self.call(|b, store| b.cmkguard_policy_evaluator().call_evaluate(store, wit_input))?;
-        let decision = crate::convert::decision(raw.map_err(|m| EvalError::Policy(truncate(m, 2048)))?);
+        let decision = match &self.pre {
+            Pre::V1(pre) => {
+                let tags = crate::convert::Tags::of(input);
+                let registries = crate::convert::registries(input, &tags);
+                let wit_input = crate::convert::input(input, &registries, settings)?;
+                let raw = self
+                    .call(pre, |b: &BindingsV1, store| b.cmkguard_policy_evaluator().call_evaluate(store, wit_input))?;
+                crate::convert::decision(raw.map_err(|m| EvalError::Policy(truncate(m, 2048)))?)
+            }
+            Pre::V2 { pre, evaluate } => {
+                let owned = crate::convert::v2::Input::new(input, settings)?;
+                let wit_input = owned.wit();
+                let evaluate = EvaluateV2 { pre, index: evaluate, input: std::marker::PhantomData };
+                let raw = self.call(&evaluate, |f, store| f.call(store, (wit_input,)).map(|(r,)| r))?;
+                crate::convert::v2::decision(raw.map_err(|m| EvalError::Policy(truncate(m, 2048)))?)
+            }
+        };
         validate(&decision, input, &self.engine.inner.limits.decision).map_err(EvalError::InvalidDecision)?;
         Ok(decision)
     }
 
+    fn metadata(&self) -> Result<Metadata, EvalError> {
+        Ok(match &self.pre {
+            Pre::V1(pre) => {
+                let m = self.call(pre, |b: &BindingsV1, store| b.cmkguard_policy_evaluator().call_metadata(store))?;
+                Metadata { name: m.name, version: m.version, contract_version: m.contract_version }
+            }
+            Pre::V2 { pre, .. } => {
+                let m = self.call(pre, |b: &BindingsV2, store| b.cmkguard_policy_evaluator().call_metadata(store))?;
+                Metadata { name: m.name, version: m.version, contract_version: m.contract_version }
+            }
+        })
+    }
+
     /// Runs `f` on a fresh instance in a fresh store, under the deadline and caps.
-    fn call<R>(&self, f: impl FnOnce(&Bindings, &mut Store<Sandbox>) -> wasmtime::Result<R>) -> Result<R, EvalError> {
+    fn call<P: Instantiate, R>(
+        &self,
+        pre: &P,
+        f: impl FnOnce(&P::Bindings, &mut Store<Sandbox>) -> wasmtime::Result<R>,
+    ) -> Result<R, EvalError> {
         let inner = &self.engine.inner;
         let sandbox = Sandbox {
             memory_cap: inner.limits.memory_bytes,
             table_cap: inner.limits.table_elements,
             memory_hit: false,
             logged: 0,
-            policy: Arc::from(self.reference.name.as_str()),
+            policy: Arc::clone(&self.log_name),
         };
         let mut store = Store::new(&inner.engine, sandbox);
         store.limiter(|s| s);
         store.set_epoch_deadline(inner.deadline_ticks);
-        self.pre
-            .instantiate(&mut store)
+        pre.instantiate(&mut store)
             .map_err(|e| classify(e, &store, inner, true))
             .and_then(|bindings| f(&bindings, &mut store).map_err(|e| classify(e, &store, inner, false)))
+    }
+}
+
+/// Instantiation, whichever the contract.
+trait Instantiate {
+    type Bindings;
+    fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<Self::Bindings>;
+}
+
+impl Instantiate for PolicyPreV1<Sandbox> {
+    type Bindings = BindingsV1;
+    fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<BindingsV1> {
+        PolicyPreV1::instantiate(self, store)
+    }
+}
+
+impl Instantiate for PolicyPreV2<Sandbox> {
+    type Bindings = BindingsV2;
+    fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<BindingsV2> {
+        PolicyPreV2::instantiate(self, store)
+    }
+}
+
+/// Instantiates a contract-2 policy and returns its `evaluate` function. The bindings'
+/// `instantiate` would also type-check all three exports against the contract's types on
+/// every evaluation; `PolicyPreV2::new` did that once when the policy was loaded.
+struct EvaluateV2<'p, 'i> {
+    pre: &'p PolicyPreV2<Sandbox>,
+    index: &'p ComponentExportIndex,
+    input: std::marker::PhantomData<&'i ()>,
+}
+
+type EvaluateFn<'i> = TypedFunc<
+    (crate::bindings_v2::cmkguard::policy::types::PolicyInput<'i>,),
+    (Result<crate::bindings_v2::cmkguard::policy::types::Decision, String>,),
+>;
+
+impl<'i> Instantiate for EvaluateV2<'_, 'i> {
+    type Bindings = EvaluateFn<'i>;
+    fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<EvaluateFn<'i>> {
+        let instance = self.pre.instance_pre().instantiate(&mut *store)?;
+        let func = instance
+            .get_func(&mut *store, self.index)
+            .ok_or_else(|| wasmtime::format_err!("the policy's evaluator has no evaluate function"))?;
+        // SAFETY: `index` is the evaluate export of the component behind `pre`. Its
+        // signature is `EvaluateFn`'s: `PolicyEngine::load` called `metadata` through the
+        // bindings before this policy could be used, and the bindings' instantiation
+        // type-checks all three exports, this one included, against the same generated
+        // types (a mismatch refuses the policy). A component's types never change.
+        #[allow(unsafe_code)]
+        let typed = unsafe { EvaluateFn::new_unchecked(func) };
+        Ok(typed)
     }
 }
 

@@ -24,9 +24,13 @@ pub enum LoadError {
         "policy imports {0:?}; a policy may import only cmkguard:policy/log (no WASI files, sockets, clocks or environment)"
     )]
     ForbiddenImport(String),
-    #[error("policy exports {found}, not cmkguard:policy/evaluator@{expected}: built for another contract version")]
+    #[error(
+        "policy exports {found}, not cmkguard:policy/evaluator@{expected}: built for a contract version this host does not speak"
+    )]
     WrongContract { found: String, expected: &'static str },
-    #[error("policy reports contract version {0:?}; this host speaks {1}")]
+    #[error(
+        "policy reports contract version {0:?}, which does not match the evaluator it exports; this host speaks {1}"
+    )]
     ContractVersion(String, &'static str),
     #[error("policy cannot be instantiated: {0}")]
     Instantiate(String),

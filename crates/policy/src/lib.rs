@@ -8,7 +8,9 @@
 //! - [`reload`]: the serving policy and hot reload ([`PolicyHost`]).
 //! - [`validate`]: the host's checks of every decision.
 //!
-//! The contract is `wit/` at the workspace root (`cmkguard:policy@1.0.0`).
+//! The contract is `wit/` at the workspace root: `cmkguard:policy@2.0.0` (`wit/v2`, the
+//! input's strings in one string table) for new policies, and `@1.0.0` (`wit/policy.wit`,
+//! one string per field), which the host keeps loading and running.
 
 pub mod cache;
 mod convert;
@@ -20,7 +22,7 @@ pub mod source;
 pub mod testcase;
 pub mod validate;
 
-pub use engine::{CONTRACT_VERSION, Limits, LoadInfo, Policy, PolicyEngine};
+pub use engine::{CONTRACT_VERSION, CONTRACT_VERSIONS, Limits, LoadInfo, Policy, PolicyEngine};
 pub use error::{EvalError, LoadError};
 pub use reload::{PolicyHost, Refresh};
 pub use source::{Fetch, Manifest, PolicySource};
@@ -31,12 +33,23 @@ pub const DEFAULT_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/defa
 /// Where `build.rs` put the built policy components (default and template).
 pub const COMPONENTS_DIR: &str = env!("CMKGUARD_POLICY_COMPONENTS");
 
+/// Contract 1.0.0 (`wit/policy.wit`).
 #[allow(missing_docs)]
 mod bindings {
     // Borrowing: the input is lowered straight from the model's strings (no copy of
     // every string into an owned contract value first). Results stay owned.
     wasmtime::component::bindgen!({
         path: "../../wit",
+        world: "policy",
+        ownership: Borrowing { duplicate_if_necessary: true },
+    });
+}
+
+/// Contract 2.0.0 (`wit/v2/policy.wit`): the input's strings in one string table.
+#[allow(missing_docs)]
+mod bindings_v2 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/v2",
         world: "policy",
         ownership: Borrowing { duplicate_if_necessary: true },
     });

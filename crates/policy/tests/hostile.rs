@@ -81,7 +81,7 @@ fn wasi_imports_are_refused_at_load() {
 #[test]
 fn wrong_contract_versions_are_refused() {
     let e = load_error("wrong-contract.wat", &component("wrong-contract.wat"));
-    assert!(matches!(&e, LoadError::WrongContract { found, .. } if found.contains("evaluator@2.0.0")), "{e}");
+    assert!(matches!(&e, LoadError::WrongContract { found, .. } if found.contains("evaluator@3.0.0")), "{e}");
     let e = load_error("wrong-metadata-version.wat", &component("wrong-metadata-version.wat"));
     assert!(matches!(&e, LoadError::ContractVersion(v, _) if v == "9.0.0"), "{e}");
 }
@@ -132,7 +132,8 @@ fn the_log_import_is_allowed_and_nothing_else_is_needed() {
         "{:?}",
         p.info().imports
     );
-    assert!(p.info().exports.iter().any(|e| e == "cmkguard:policy/evaluator@1.0.0"), "{:?}", p.info().exports);
+    assert!(p.info().exports.iter().any(|e| e == "cmkguard:policy/evaluator@2.0.0"), "{:?}", p.info().exports);
+    assert_eq!(p.info().contract_version, cmkguard_policy::CONTRACT_VERSION);
     let benign = engine.load(&component("empty-decision.wat"), "benign", "{}").unwrap();
     assert_eq!(benign.evaluate(&sample_input(2)).unwrap(), cmkguard_model::Decision::default());
 }

@@ -53,6 +53,15 @@ pub enum Command {
         /// Bytes of each sandbox memory reset in place rather than returned to the kernel.
         #[arg(long, default_value_t = Limits::default().keep_resident_bytes)]
         keep_resident: usize,
+        /// Reset only the dirtied pages of each sandbox memory (Linux PAGEMAP_SCAN).
+        #[arg(long, default_value_t = Limits::default().pagemap_scan, action = clap::ArgAction::Set)]
+        pagemap_scan: bool,
+        /// Fill function tables at instantiation instead of on first use.
+        #[arg(long, default_value_t = Limits::default().eager_tables, action = clap::ArgAction::Set)]
+        eager_tables: bool,
+        /// Write /tmp/perf-PID.map so that `perf report` names the policy's functions.
+        #[arg(long)]
+        perf_map: bool,
     },
 }
 
@@ -88,7 +97,7 @@ pub fn load_policy(file: &str, settings: &str) -> Result<Policy, CliError> {
 struct CheckReport<'a> {
     name: &'a str,
     version: &'a str,
-    contract: &'static str,
+    contract: &'a str,
     sha256: &'a str,
     size_bytes: usize,
     imports: &'a [String],
@@ -101,8 +110,25 @@ pub async fn run(args: Args) -> Result<u8, CliError> {
     match args.command {
         Command::Check { file, settings } => check(&file, settings.as_deref()),
         Command::Test { file, dir } => test(&file, &dir),
-        Command::Bench { file, facts, registries, iterations, settings, keep_resident } => {
-            bench(&file, facts.as_deref(), registries, iterations, settings.as_deref(), keep_resident)
+        Command::Bench {
+            file,
+            facts,
+            registries,
+            iterations,
+            settings,
+            keep_resident,
+            pagemap_scan,
+            eager_tables,
+            perf_map,
+        } => {
+            let sandbox = Limits {
+                keep_resident_bytes: keep_resident,
+                pagemap_scan,
+                eager_tables,
+                perf_map,
+                ..Limits::default()
+            };
+            bench(&file, facts.as_deref(), registries, iterations, settings.as_deref(), sandbox)
         }
     }
 }
@@ -121,7 +147,7 @@ fn check(file: &str, settings: Option<&Path>) -> Result<u8, CliError> {
     let report = CheckReport {
         name: &r.name,
         version: &r.version,
-        contract: cmkguard_policy::CONTRACT_VERSION,
+        contract: &info.contract_version,
         sha256: &r.digest,
         size_bytes: info.size,
         imports: &info.imports,
@@ -174,10 +200,9 @@ fn bench(
     registries: usize,
     iterations: usize,
     settings: Option<&Path>,
-    keep_resident: usize,
+    limits: Limits,
 ) -> Result<u8, CliError> {
     let settings = settings.map(read_settings).transpose()?.unwrap_or_else(|| "{}".to_owned());
-    let limits = Limits { keep_resident_bytes: keep_resident, ..Limits::default() };
     let engine = PolicyEngine::new(limits, Some(std::env::temp_dir().join("cmkguard-policy-cache")))
         .map_err(CliError::bad_input)?;
     let policy =

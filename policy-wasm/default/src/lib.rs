@@ -15,8 +15,8 @@
 //! key itself is unhealthy (CMK005–CMK007) no registry is rotated onto it.
 
 use cmkguard_policy_sdk::{
-    CONTRACT_VERSION, DecisionBuilder, EventKind, KeyFacts, KeyRef, PolicyMetadata, Policy, PolicyInput, RegistryFacts,
-    RotateTarget, Severity, days_until, parse_severity, severity_name, severity_rank, tag,
+    CONTRACT_VERSION, DecisionBuilder, EventKind, Input, Key, KeyRef, Policy, PolicyMetadata, Registry, RotateTarget,
+    Severity, days_until, parse_severity, severity_name, severity_rank, tag,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -70,8 +70,11 @@ fn valid_channel(name: &str) -> bool {
 }
 
 fn config(settings: &str) -> Result<Config, String> {
-    let text = if settings.trim().is_empty() { "{}" } else { settings };
-    let s: Settings = serde_json::from_str(text).map_err(|e| format!("settings: {e}"))?;
+    // No settings (the common case) skips the JSON parser.
+    let s: Settings = match settings.trim() {
+        "" | "{}" => Settings::default(),
+        text => serde_json::from_str(text).map_err(|e| format!("settings: {e}"))?,
+    };
     let mut channels: [Option<String>; 5] = Default::default();
     if let Some(d) = &s.default_channel {
         if !valid_channel(d) {
@@ -80,8 +83,9 @@ fn config(settings: &str) -> Result<Config, String> {
         channels.iter_mut().for_each(|c| *c = Some(d.clone()));
     }
     for (sev, channel) in &s.channels {
-        let sev = parse_severity(sev)
-            .ok_or_else(|| format!("settings: channels has unknown severity {sev:?} (info, low, medium, high, critical)"))?;
+        let sev = parse_severity(sev).ok_or_else(|| {
+            format!("settings: channels has unknown severity {sev:?} (info, low, medium, high, critical)")
+        })?;
         if !valid_channel(channel) {
             return Err(format!("settings: channel {channel:?} may only use letters, digits, - and _ (at most 64)"));
         }
@@ -105,7 +109,8 @@ fn config(settings: &str) -> Result<Config, String> {
     })
 }
 
-struct DefaultPolicy;
+/// The policy (public for the native profiling harness, `examples/profile.rs`).
+pub struct DefaultPolicy;
 
 impl Policy for DefaultPolicy {
     fn metadata() -> PolicyMetadata {
@@ -116,13 +121,13 @@ impl Policy for DefaultPolicy {
         }
     }
 
-    fn validate_settings(settings: String) -> Result<(), String> {
-        config(&settings).map(|_| ())
+    fn validate_settings(settings: &str) -> Result<(), String> {
+        config(settings).map(|_| ())
     }
 
-    fn evaluate(input: PolicyInput) -> Result<cmkguard_policy_sdk::Decision, String> {
-        let cfg = config(&input.settings)?;
-        Ok(evaluate(&cfg, &input))
+    fn evaluate(input: &Input<'_>) -> Result<cmkguard_policy_sdk::Decision, String> {
+        let cfg = config(input.settings)?;
+        Ok(evaluate(&cfg, input))
     }
 }
 
@@ -145,18 +150,30 @@ impl Ctx<'_> {
     }
 }
 
-fn exempt(cfg: &Config, r: &RegistryFacts) -> bool {
+/// A registry the rules look at (not exempt), with its configured key id parsed.
+struct InScope<'a> {
+    r: &'a Registry<'a>,
+    key: Option<KeyRef<'a>>,
+}
+
+fn exempt(cfg: &Config, r: &Registry<'_>) -> bool {
     tag(r, &cfg.exemption_tag).is_some_and(|v| !v.trim().eq_ignore_ascii_case("false"))
 }
 
-fn evaluate(cfg: &Config, input: &PolicyInput) -> cmkguard_policy_sdk::Decision {
+fn evaluate(cfg: &Config, input: &Input<'_>) -> cmkguard_policy_sdk::Decision {
     let mut cx = Ctx { cfg, out: DecisionBuilder::new() };
     let kind = input.event.kind;
-    let registries: Vec<&RegistryFacts> = input.registries.iter().filter(|r| !exempt(cfg, r)).collect();
+    // Each registry's configured key id is parsed once, here.
+    let registries: Vec<InScope<'_>> = input
+        .registries
+        .iter()
+        .filter(|r| !exempt(cfg, r))
+        .map(|r| InScope { r, key: r.key_identifier.and_then(KeyRef::parse) })
+        .collect();
 
     // CMK001: a registry written (or found by a sweep) without CMK.
     if matches!(kind, EventKind::RegistryWritten | EventKind::Sweep) {
-        for r in registries.iter().filter(|r| !r.encryption_enabled) {
+        for InScope { r, .. } in registries.iter().filter(|s| !s.r.encryption_enabled) {
             let why = if r.sku.eq_ignore_ascii_case("premium") {
                 "CMK can only be chosen when a registry is created: recreate it with a customer-managed key and move its images"
             } else {
@@ -167,7 +184,10 @@ fn evaluate(cfg: &Config, input: &PolicyInput) -> cmkguard_policy_sdk::Decision 
                 Severity::Critical,
                 &r.id,
                 "registry without customer-managed key",
-                format!("Registry {} ({}, {}) is not encrypted with a customer-managed key. {why}.", r.name, r.sku, r.location),
+                format!(
+                    "Registry {} ({}, {}) is not encrypted with a customer-managed key. {why}.",
+                    r.name, r.sku, r.location
+                ),
             );
         }
     }
@@ -189,17 +209,14 @@ fn evaluate(cfg: &Config, input: &PolicyInput) -> cmkguard_policy_sdk::Decision 
 }
 
 /// Key-level rules; returns whether the key is healthy enough to rotate registries onto.
-fn key_rules(cx: &mut Ctx<'_>, input: &PolicyInput, key: &KeyFacts, registries: &[&RegistryFacts]) -> bool {
+fn key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, key: &Key<'_>, registries: &[InScope<'_>]) -> bool {
     let kind = input.event.kind;
     let now = input.now;
     let Some(kref) = KeyRef::parse(&key.key_id) else {
         return false;
     };
-    let users: Vec<&str> = registries
-        .iter()
-        .filter(|r| r.key_identifier.as_deref().and_then(KeyRef::parse).is_some_and(|k| k.same_key(&kref)))
-        .map(|r| r.name.as_str())
-        .collect();
+    let users: Vec<&str> =
+        registries.iter().filter(|s| s.key.as_ref().is_some_and(|k| k.same_key(&kref))).map(|s| s.r.name).collect();
     let used_by = if users.is_empty() { "no registry in scope".to_owned() } else { users.join(", ") };
     let mut healthy = true;
 
@@ -214,7 +231,11 @@ fn key_rules(cx: &mut Ctx<'_>, input: &PolicyInput, key: &KeyFacts, registries: 
             "key expired",
             format!("Key {} in {} has expired; registries using it ({used_by}) cannot read their content. Create a new key version and rotate them.", key.name, key.vault_uri),
         );
-    } else if let Some(exp) = key.expires.filter(|e| e - now <= cx.cfg.warning_secs).or(key.expires.filter(|_| kind == EventKind::KeyNearExpiry)) {
+    } else if let Some(exp) = key
+        .expires
+        .filter(|e| e - now <= cx.cfg.warning_secs)
+        .or(key.expires.filter(|_| kind == EventKind::KeyNearExpiry))
+    {
         // CMK003: near expiry.
         let days = days_until(now, exp);
         cx.report(
@@ -233,7 +254,10 @@ fn key_rules(cx: &mut Ctx<'_>, input: &PolicyInput, key: &KeyFacts, registries: 
             Severity::Medium,
             &key.key_id,
             "key near expiry",
-            format!("Key Vault reports key {} in {} near expiry (expiry date unknown); used by: {used_by}.", key.name, key.vault_uri),
+            format!(
+                "Key Vault reports key {} in {} near expiry (expiry date unknown); used by: {used_by}.",
+                key.name, key.vault_uri
+            ),
         );
     }
 
@@ -245,7 +269,10 @@ fn key_rules(cx: &mut Ctx<'_>, input: &PolicyInput, key: &KeyFacts, registries: 
             Severity::Critical,
             &key.key_id,
             "key disabled",
-            format!("Key {} in {} is disabled; registries using it ({used_by}) cannot read their content.", key.name, key.vault_uri),
+            format!(
+                "Key {} in {} is disabled; registries using it ({used_by}) cannot read their content.",
+                key.name, key.vault_uri
+            ),
         );
     }
 
@@ -257,7 +284,10 @@ fn key_rules(cx: &mut Ctx<'_>, input: &PolicyInput, key: &KeyFacts, registries: 
             Severity::Critical,
             &key.key_id,
             "key is not RSA",
-            format!("Key {} in {} is {}; container registry encryption needs RSA or RSA-HSM.", key.name, key.vault_uri, key.key_type),
+            format!(
+                "Key {} in {} is {}; container registry encryption needs RSA or RSA-HSM.",
+                key.name, key.vault_uri, key.key_type
+            ),
         );
     }
 
@@ -279,7 +309,11 @@ fn key_rules(cx: &mut Ctx<'_>, input: &PolicyInput, key: &KeyFacts, registries: 
             Severity::High,
             &key.vault_uri,
             "vault can lose the key",
-            format!("Vault {} has no {}: a deleted key (and every registry using it: {used_by}) could be lost for good.", key.vault_uri, missing.join(" and ")),
+            format!(
+                "Vault {} has no {}: a deleted key (and every registry using it: {used_by}) could be lost for good.",
+                key.vault_uri,
+                missing.join(" and ")
+            ),
         );
     } else if !unknown.is_empty() {
         cx.report(
@@ -293,26 +327,31 @@ fn key_rules(cx: &mut Ctx<'_>, input: &PolicyInput, key: &KeyFacts, registries: 
     healthy
 }
 
-fn registry_key_rules(cx: &mut Ctx<'_>, input: &PolicyInput, registries: &[&RegistryFacts]) {
+fn registry_key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, registries: &[InScope<'_>]) {
     let kind = input.event.kind;
     let key = input.key.as_ref();
     let kref = key.and_then(|k| KeyRef::parse(&k.key_id));
-    for r in registries.iter().filter(|r| r.encryption_enabled) {
-        let Some(configured) = r.key_identifier.as_deref().and_then(KeyRef::parse) else {
+    for InScope { r, key: configured } in registries.iter().filter(|s| s.r.encryption_enabled) {
+        let Some(configured) = configured else {
             continue;
         };
         let ours = kref.as_ref().is_some_and(|k| k.same_key(&configured));
         match configured.version {
             Some(pinned) => {
-                let outdated = ours && kref.as_ref().and_then(|k| k.version).is_some_and(|v| !v.eq_ignore_ascii_case(pinned));
+                let outdated =
+                    ours && kref.as_ref().and_then(|k| k.version).is_some_and(|v| !v.eq_ignore_ascii_case(pinned));
                 if kind == EventKind::KeyNewVersionCreated && outdated {
                     // CMK004: pinned to an older version.
-                    let target = if cx.cfg.prefer_versionless { RotateTarget::Versionless } else { RotateTarget::LatestVersion };
+                    let target =
+                        if cx.cfg.prefer_versionless { RotateTarget::Versionless } else { RotateTarget::LatestVersion };
                     cx.out.finding(
                         "CMK004",
                         Severity::Low,
                         &r.id,
-                        format!("Registry {} is pinned to key version {pinned}; a new version exists: rotating.", r.name),
+                        format!(
+                            "Registry {} is pinned to key version {pinned}; a new version exists: rotating.",
+                            r.name
+                        ),
                     );
                     cx.out.rotate_registry(&r.id, target);
                 } else if cx.cfg.prefer_versionless && (ours || key.is_none()) {

@@ -1,6 +1,6 @@
-//! Bindings to the cmkguard policy contract (`wit/`, `cmkguard:policy@1.0.0`) and small
-//! helpers for policy authors: key-id parsing, tags, time arithmetic and a decision
-//! builder that keeps actions unique.
+//! Bindings to the cmkguard policy contract (`wit/v2`, `cmkguard:policy@2.0.0`) and small
+//! helpers for policy authors: a borrowed view of the input, key-id parsing, tags, time
+//! arithmetic and a decision builder that keeps actions unique.
 //!
 //! A policy implements [`Policy`] and exports it:
 //!
@@ -9,27 +9,242 @@
 //! impl cmkguard_policy_sdk::Policy for Mine { /* metadata, validate_settings, evaluate */ }
 //! cmkguard_policy_sdk::export_policy!(Mine);
 //! ```
+//!
+//! Contract 2 passes the input's strings as one string plus spans (see `wit/v2`);
+//! [`Input`] resolves them, so a policy reads `registry.id` as a `&str` as before.
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/v2",
     world: "policy",
     pub_export_macro: true,
-    export_macro_name: "export_policy",
+    export_macro_name: "__export_raw",
     default_bindings_module: "cmkguard_policy_sdk",
 });
 
 pub use cmkguard::policy::log::Level;
 pub use cmkguard::policy::types::{
-    Action, Decision, EventInfo, EventKind, Finding, KeyFacts, PolicyMetadata, Notify, PolicyInput, RegistryFacts,
-    RotateRegistryKey, RotateTarget, RotateVaultKey, Severity, Timestamp, VaultFacts,
+    Action, Decision, EventKind, Finding, Notify, PolicyMetadata, RotateRegistryKey, RotateTarget, RotateVaultKey,
+    Severity, Timestamp, VaultFacts,
 };
-pub use exports::cmkguard::policy::evaluator::Guest as Policy;
+
+/// The contract's input and exports as generated (spans, not strings): what
+/// [`export_policy!`] adapts. Policies use [`Input`] and [`Policy`] instead.
+pub mod raw {
+    pub use crate::cmkguard::policy::types::{EventInfo, KeyFacts, PolicyInput, RegistryFacts, Span, Tag};
+    pub use crate::exports::cmkguard::policy::evaluator::Guest;
+}
 
 /// The contract version this SDK binds to; report it from `metadata`.
-pub const CONTRACT_VERSION: &str = "1.0.0";
+pub const CONTRACT_VERSION: &str = "2.0.0";
 
 /// Seconds in a day.
 pub const DAY: i64 = 86_400;
+
+/// What a policy implements.
+pub trait Policy {
+    /// Name, version and [`CONTRACT_VERSION`]; called once when the policy is loaded.
+    fn metadata() -> PolicyMetadata;
+    /// Checks the settings JSON; the error says what is wrong.
+    fn validate_settings(settings: &str) -> Result<(), String>;
+    /// Decides. An error is a policy error: the host fails safe (no remediation).
+    fn evaluate(input: &Input<'_>) -> Result<Decision, String>;
+}
+
+/// Exports a [`Policy`] as the component's `evaluator`. Only on wasm32: a native build of
+/// a policy crate (tests, the profiling harness in `policy-wasm/profile`) exports nothing.
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct CmkguardPolicyExport;
+            impl $crate::raw::Guest for CmkguardPolicyExport {
+                fn metadata() -> $crate::PolicyMetadata {
+                    <$policy as $crate::Policy>::metadata()
+                }
+                fn validate_settings(settings: String) -> Result<(), String> {
+                    <$policy as $crate::Policy>::validate_settings(&settings)
+                }
+                fn evaluate(input: $crate::raw::PolicyInput) -> Result<$crate::Decision, String> {
+                    let input = $crate::Input::new(&input)?;
+                    <$policy as $crate::Policy>::evaluate(&input)
+                }
+            }
+            $crate::__export_raw!(CmkguardPolicyExport);
+        };
+    };
+}
+
+/// The event, strings borrowed from the input.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    pub kind: EventKind,
+    /// The Event Grid event id (a synthetic id per run and resource for a sweep).
+    pub id: &'a str,
+    pub time: Timestamp,
+    pub subject: &'a str,
+}
+
+/// A Key Vault key, as of its current version.
+#[derive(Debug, Clone, Copy)]
+pub struct Key<'a> {
+    /// Versioned key id of the current version.
+    pub key_id: &'a str,
+    pub vault_uri: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+    /// `RSA`, `RSA-HSM`, `EC`, `EC-HSM`, `oct-HSM`, ...
+    pub key_type: &'a str,
+    /// Modulus size in bits for RSA keys.
+    pub key_size: Option<u32>,
+    pub enabled: bool,
+    pub expires: Option<Timestamp>,
+    pub not_before: Option<Timestamp>,
+    pub created: Option<Timestamp>,
+    /// The key has a rotation policy with a `Rotate` lifetime action.
+    pub has_rotation_policy: bool,
+    pub vault: VaultFacts,
+}
+
+/// One container registry and its encryption settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Registry<'a> {
+    /// ARM resource id: the only way an action can name this registry.
+    pub id: &'a str,
+    pub name: &'a str,
+    /// `Basic`, `Standard`, `Premium`.
+    pub sku: &'a str,
+    pub location: &'a str,
+    pub encryption_enabled: bool,
+    /// The configured key id (versioned or versionless).
+    pub key_identifier: Option<&'a str>,
+    /// The key version in use.
+    pub versioned_key_identifier: Option<&'a str>,
+    /// Client id of the user-assigned identity that reaches the key.
+    pub identity: Option<&'a str>,
+    pub key_rotation_enabled: bool,
+    pub last_rotation: Option<Timestamp>,
+    pub provisioning_state: Option<&'a str>,
+    pub tags: Tags<'a>,
+}
+
+/// A registry's tags as (name, value).
+#[derive(Clone, Copy)]
+pub struct Tags<'a> {
+    strings: &'a str,
+    tags: &'a [raw::Tag],
+}
+
+impl std::fmt::Debug for Tags<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<'a> Tags<'a> {
+    /// (name, value) pairs, in the order the host gave them.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let strings = self.strings;
+        self.tags.iter().map(move |t| (slice(strings, t.name).unwrap_or(""), slice(strings, t.value).unwrap_or("")))
+    }
+
+    /// The value of a tag (names compare case-insensitively, as in Azure).
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        self.iter().find(|(k, _)| eq_ignore_case(k, name)).map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tags.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty()
+    }
+}
+
+/// The policy input with every string borrowed from the contract's string table.
+#[derive(Debug, Clone)]
+pub struct Input<'a> {
+    pub event: Event<'a>,
+    /// The evaluation's "now" (policies have no clock).
+    pub now: Timestamp,
+    /// Absent when unknown (e.g. a registry written without CMK).
+    pub key: Option<Key<'a>>,
+    /// The registries in scope.
+    pub registries: Vec<Registry<'a>>,
+    /// The policy's settings, a JSON document the policy validates itself.
+    pub settings: &'a str,
+}
+
+fn slice(strings: &str, s: raw::Span) -> Option<&str> {
+    let start = s.offset as usize;
+    strings.get(start..start.checked_add(s.len as usize)?)
+}
+
+impl<'a> Input<'a> {
+    /// Resolves the spans of `raw`; an error names a span outside the string table (a
+    /// host bug: the policy then reports a policy error instead of guessing).
+    pub fn new(raw: &'a raw::PolicyInput) -> Result<Self, String> {
+        let strings = raw.strings.as_str();
+        let text = |s: raw::Span| {
+            slice(strings, s).ok_or_else(|| {
+                format!("input: span {}+{} outside the {} bytes of strings", s.offset, s.len, strings.len())
+            })
+        };
+        let opt = |s: Option<raw::Span>| s.map(text).transpose();
+        let key = match &raw.key {
+            Some(k) => Some(Key {
+                key_id: text(k.key_id)?,
+                vault_uri: text(k.vault_uri)?,
+                name: text(k.name)?,
+                version: text(k.version)?,
+                key_type: text(k.key_type)?,
+                key_size: k.key_size,
+                enabled: k.enabled,
+                expires: k.expires,
+                not_before: k.not_before,
+                created: k.created,
+                has_rotation_policy: k.has_rotation_policy,
+                vault: k.vault,
+            }),
+            None => None,
+        };
+        let mut registries = Vec::with_capacity(raw.registries.len());
+        for r in &raw.registries {
+            let start = r.tags.offset as usize;
+            let tags =
+                start.checked_add(r.tags.len as usize).and_then(|end| raw.tags.get(start..end)).ok_or_else(|| {
+                    format!("input: tags {}+{} outside the {} tags", r.tags.offset, r.tags.len, raw.tags.len())
+                })?;
+            registries.push(Registry {
+                id: text(r.id)?,
+                name: text(r.name)?,
+                sku: text(r.sku)?,
+                location: text(r.location)?,
+                encryption_enabled: r.encryption_enabled,
+                key_identifier: opt(r.key_identifier)?,
+                versioned_key_identifier: opt(r.versioned_key_identifier)?,
+                identity: opt(r.identity)?,
+                key_rotation_enabled: r.key_rotation_enabled,
+                last_rotation: r.last_rotation,
+                provisioning_state: opt(r.provisioning_state)?,
+                tags: Tags { strings, tags },
+            });
+        }
+        Ok(Self {
+            event: Event {
+                kind: raw.event.kind,
+                id: text(raw.event.id)?,
+                time: raw.event.time,
+                subject: text(raw.event.subject)?,
+            },
+            now: raw.now,
+            key,
+            registries,
+            settings: text(raw.settings)?,
+        })
+    }
+}
 
 /// Sends a log line to the host (bounded there: 1 KiB per line, 32 lines per evaluation).
 pub fn log(level: Level, message: &str) {
@@ -73,31 +288,58 @@ pub struct KeyRef<'a> {
 }
 
 impl<'a> KeyRef<'a> {
-    /// Parses a key id; `None` when it is not one.
+    /// Parses a key id; `None` when it is not one. Surrounding whitespace and trailing
+    /// slashes are ignored, `:443` after the host is dropped.
     pub fn parse(id: &'a str) -> Option<Self> {
-        let rest = id.trim().strip_prefix("https://")?;
-        let mut parts = rest.trim_end_matches('/').split('/');
-        let host = parts.next().filter(|h| !h.is_empty())?;
-        if !parts.next()?.eq_ignore_ascii_case("keys") {
+        // Plain byte searches: policies parse a key id per registry and evaluation, and
+        // the iterator-and-pattern version cost ≈ 170 ns a call (BENCHMARKS.md, "Policy").
+        let rest = id.trim().strip_prefix("https://")?.trim_end_matches('/');
+        let (mut host, rest) = rest.split_once('/')?;
+        let (keys, rest) = rest.split_once('/')?;
+        if host.is_empty() || !keys.eq_ignore_ascii_case("keys") {
             return None;
         }
-        let name = parts.next().filter(|n| !n.is_empty())?;
-        let version = parts.next().filter(|v| !v.is_empty());
-        if parts.next().is_some() {
+        let (name, version) = match rest.split_once('/') {
+            Some((_, v)) if v.contains('/') => return None,
+            Some((n, v)) => (n, Some(v)),
+            None => (rest, None),
+        };
+        if name.is_empty() {
             return None;
         }
-        Some(Self { host: host.trim_end_matches(":443"), name, version })
+        while let Some(h) = host.strip_suffix(":443") {
+            host = h;
+        }
+        Some(Self { host, name, version })
     }
 
     /// Same vault and key name (versions aside); Azure compares these case-insensitively.
     pub fn same_key(&self, other: &KeyRef<'_>) -> bool {
-        self.host.eq_ignore_ascii_case(other.host) && self.name.eq_ignore_ascii_case(other.name)
+        eq_ignore_case(self.host, other.host) && eq_ignore_case(self.name, other.name)
     }
 }
 
+/// `a.eq_ignore_ascii_case(b)`, eight bytes at a time while they are equal as they are.
+/// In a policy `eq_ignore_ascii_case` compares byte by byte, and resource ids are long
+/// and mostly alike (registry ids of one resource group differ in their last bytes):
+/// comparing them was 10 % of an evaluation's time (BENCHMARKS.md, "Policy").
+pub fn eq_ignore_case(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (p, q) in (&mut x).zip(&mut y) {
+        if p != q && !p.eq_ignore_ascii_case(q) {
+            return false;
+        }
+    }
+    x.remainder().eq_ignore_ascii_case(y.remainder())
+}
+
 /// The value of a registry's tag (tag names compare case-insensitively, as in Azure).
-pub fn tag<'a>(registry: &'a RegistryFacts, name: &str) -> Option<&'a str> {
-    registry.tags.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+pub fn tag<'a>(registry: &Registry<'a>, name: &str) -> Option<&'a str> {
+    registry.tags.get(name)
 }
 
 /// Builds a decision; repeated identical actions are kept once.
@@ -112,7 +354,13 @@ impl DecisionBuilder {
         Self::default()
     }
 
-    pub fn finding(&mut self, rule_id: &str, severity: Severity, resource: &str, message: impl Into<String>) -> &mut Self {
+    pub fn finding(
+        &mut self,
+        rule_id: &str,
+        severity: Severity,
+        resource: &str,
+        message: impl Into<String>,
+    ) -> &mut Self {
         self.findings.push(Finding {
             rule_id: rule_id.to_owned(),
             severity,
@@ -131,7 +379,10 @@ impl DecisionBuilder {
 
     /// Asks to rotate a registry's key; a second request for the same registry is dropped.
     pub fn rotate_registry(&mut self, registry: &str, target: RotateTarget) -> &mut Self {
-        let dup = self.actions.iter().any(|a| matches!(a, Action::RotateRegistryKey(r) if r.registry.eq_ignore_ascii_case(registry)));
+        let dup = self
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::RotateRegistryKey(r) if eq_ignore_case(&r.registry, registry)));
         if !dup {
             self.actions.push(Action::RotateRegistryKey(RotateRegistryKey { registry: registry.to_owned(), target }));
         }
@@ -146,8 +397,19 @@ impl DecisionBuilder {
         self
     }
 
-    pub fn notify(&mut self, channel: &str, severity: Severity, title: impl Into<String>, text: impl Into<String>) -> &mut Self {
-        self.actions.push(Action::Notify(Notify { channel: channel.to_owned(), severity, title: title.into(), text: text.into() }));
+    pub fn notify(
+        &mut self,
+        channel: &str,
+        severity: Severity,
+        title: impl Into<String>,
+        text: impl Into<String>,
+    ) -> &mut Self {
+        self.actions.push(Action::Notify(Notify {
+            channel: channel.to_owned(),
+            severity,
+            title: title.into(),
+            text: text.into(),
+        }));
         self
     }
 
@@ -262,5 +524,96 @@ mod bump {
             }
             new
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eq_ignore_case_agrees_with_std() {
+        let words = [
+            "",
+            "a",
+            "A",
+            "abcdefgh",
+            "ABCDEFGH",
+            "abcdefgh1",
+            "ABCDEFGH1",
+            "abcdefgi",
+            "/subscriptions/X/acr01",
+            "/SUBSCRIPTIONS/x/ACR01",
+            "/subscriptions/x/acr02",
+            "é",
+            "É",
+        ];
+        for a in words {
+            for b in words {
+                assert_eq!(eq_ignore_case(a, b), a.eq_ignore_ascii_case(b), "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn key_ids_parse_like_azure_writes_them() {
+        let k = |host, name, version| Some(KeyRef { host, name, version });
+        let cases = [
+            ("https://kv.vault.azure.net/keys/k", k("kv.vault.azure.net", "k", None)),
+            ("https://kv.vault.azure.net/keys/k/", k("kv.vault.azure.net", "k", None)),
+            ("https://kv.vault.azure.net/keys/k/v1", k("kv.vault.azure.net", "k", Some("v1"))),
+            (" https://kv.vault.azure.net:443/KEYS/k/v1// ", k("kv.vault.azure.net", "k", Some("v1"))),
+            ("https://kv.vault.azure.net/secrets/k/v1", None),
+            ("https://kv.vault.azure.net/keys/k/v1/x", None),
+            ("https://kv.vault.azure.net/keys/k//v1", None),
+            ("https://kv.vault.azure.net/keys//v1", None),
+            ("https://kv.vault.azure.net/keys", None),
+            ("https://kv.vault.azure.net", None),
+            ("https:///keys/k", None),
+            ("http://kv.vault.azure.net/keys/k", None),
+            ("", None),
+        ];
+        for (id, want) in cases {
+            assert_eq!(KeyRef::parse(id), want, "{id:?}");
+        }
+        let a = KeyRef::parse("https://KV.vault.azure.net/keys/K/1").unwrap();
+        assert!(a.same_key(&KeyRef::parse("https://kv.vault.azure.net/keys/k").unwrap()));
+    }
+
+    #[test]
+    fn input_resolves_spans_and_refuses_ones_outside_the_table() {
+        let span = |offset, len| raw::Span { offset, len };
+        let strings = "evt-1subjregacr{}ownerteam".to_owned();
+        let mut raw = raw::PolicyInput {
+            strings,
+            event: raw::EventInfo { kind: EventKind::Sweep, id: span(0, 5), time: 1, subject: span(5, 4) },
+            now: 2,
+            key: None,
+            registries: vec![raw::RegistryFacts {
+                id: span(9, 3),
+                name: span(12, 3),
+                sku: span(0, 0),
+                location: span(0, 0),
+                encryption_enabled: false,
+                key_identifier: None,
+                versioned_key_identifier: None,
+                identity: None,
+                key_rotation_enabled: false,
+                last_rotation: None,
+                provisioning_state: None,
+                tags: span(0, 1),
+            }],
+            tags: vec![raw::Tag { name: span(17, 5), value: span(22, 4) }],
+            settings: span(15, 2),
+        };
+        let input = Input::new(&raw).unwrap();
+        assert_eq!((input.event.id, input.event.subject, input.settings), ("evt-1", "subj", "{}"));
+        let r = &input.registries[0];
+        assert_eq!((r.id, r.name, r.tags.get("OWNER")), ("reg", "acr", Some("team")));
+        raw.registries[0].tags = span(1, 1);
+        assert!(Input::new(&raw).unwrap_err().contains("tags 1+1"));
+        raw.registries[0].tags = span(0, 1);
+        raw.settings = span(20, 10);
+        assert!(Input::new(&raw).unwrap_err().contains("span 20+10"));
     }
 }

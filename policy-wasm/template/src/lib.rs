@@ -2,26 +2,35 @@
 //! Build: `cargo build --release --target wasm32-unknown-unknown -p <your crate>`, then
 //! wrap the module into a component (see ../README.md).
 
-use cmkguard_policy_sdk::{CONTRACT_VERSION, DecisionBuilder, PolicyMetadata, Policy, PolicyInput, Severity};
+use cmkguard_policy_sdk::{CONTRACT_VERSION, DecisionBuilder, Input, Policy, PolicyMetadata, Severity};
 
 struct Template;
 
 impl Policy for Template {
     fn metadata() -> PolicyMetadata {
-        PolicyMetadata { name: "template".into(), version: env!("CARGO_PKG_VERSION").into(), contract_version: CONTRACT_VERSION.into() }
+        PolicyMetadata {
+            name: "template".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            contract_version: CONTRACT_VERSION.into(),
+        }
     }
 
-    fn validate_settings(settings: String) -> Result<(), String> {
+    fn validate_settings(settings: &str) -> Result<(), String> {
         match settings.trim() {
             "" | "{}" => Ok(()),
             _ => Err("this policy takes no settings (expected {})".into()),
         }
     }
 
-    fn evaluate(input: PolicyInput) -> Result<cmkguard_policy_sdk::Decision, String> {
+    fn evaluate(input: &Input<'_>) -> Result<cmkguard_policy_sdk::Decision, String> {
         let mut d = DecisionBuilder::new();
         for r in input.registries.iter().filter(|r| !r.encryption_enabled) {
-            d.finding("TPL001", Severity::High, &r.id, format!("registry {} is not encrypted with a customer-managed key", r.name));
+            d.finding(
+                "TPL001",
+                Severity::High,
+                r.id,
+                format!("registry {} is not encrypted with a customer-managed key", r.name),
+            );
         }
         Ok(d.build())
     }
