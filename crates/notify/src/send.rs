@@ -133,8 +133,21 @@ pub struct Notifier {
 }
 
 impl Notifier {
+    /// With a client of its own (reqwest's default TLS: the platform's CA roots are read
+    /// for it).
     pub fn new(channels: Channels, retry: RetryPolicy) -> Result<Self, ClientError> {
-        let client = reqwest::Client::builder()
+        Self::with_client_builder(channels, retry, reqwest::Client::builder())
+    }
+
+    /// With a client built from `builder`, e.g. one preconfigured with the process's shared
+    /// TLS settings (`cmkguard_azure::SharedTls::client_builder`), so a server reads the CA
+    /// roots once for all its HTTP clients. Redirects, timeouts and the user agent are set here.
+    pub fn with_client_builder(
+        channels: Channels,
+        retry: RetryPolicy,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<Self, ClientError> {
+        let client = builder
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(retry.attempt_timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("cmkguard/", env!("CARGO_PKG_VERSION")))
