@@ -4,7 +4,7 @@
 //!
 //! A policy implements [`Policy`] and exports it:
 //!
-//! ```ignore
+//! ```text
 //! struct Mine;
 //! impl cmkguard_policy_sdk::Policy for Mine { /* metadata, validate_settings, evaluate */ }
 //! cmkguard_policy_sdk::export_policy!(Mine);
@@ -615,5 +615,101 @@ mod tests {
         raw.registries[0].tags = span(0, 1);
         raw.settings = span(20, 10);
         assert!(Input::new(&raw).unwrap_err().contains("span 20+10"));
+    }
+
+    /// The parser as it was before it was rewritten for speed: the reference.
+    fn reference_parse(id: &str) -> Option<KeyRef<'_>> {
+        let rest = id.trim().strip_prefix("https://")?;
+        let mut parts = rest.trim_end_matches('/').split('/');
+        let host = parts.next().filter(|h| !h.is_empty())?;
+        if !parts.next()?.eq_ignore_ascii_case("keys") {
+            return None;
+        }
+        let name = parts.next().filter(|n| !n.is_empty())?;
+        let version = parts.next().filter(|v| !v.is_empty());
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(KeyRef { host: host.trim_end_matches(":443"), name, version })
+    }
+
+    /// Key-id-like text: the grammar's pieces, each sometimes bent out of shape.
+    fn key_id_like() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = "[a-zA-Z0-9./:-]{0,6}";
+        (
+            prop::sample::select(vec!["", " ", "\t"]),
+            prop::sample::select(vec!["https://", "http://", "HTTPS://", ""]),
+            piece,
+            prop::sample::select(vec!["", ":443", ":443:443", ":8443"]),
+            prop::sample::select(vec!["/keys/", "/KEYS/", "/secrets/", "/keys//", "/", "//keys/"]),
+            piece,
+            proptest::option::of(piece),
+            prop::sample::select(vec!["", "/", "//"]),
+        )
+            .prop_map(|(lead, scheme, host, port, keys, name, version, trail)| {
+                let version = version.map(|v| format!("/{v}")).unwrap_or_default();
+                format!("{lead}{scheme}{host}{port}{keys}{name}{version}{trail}{lead}")
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn eq_ignore_case_is_std_on_any_text(a in "[a-zA-Z0-9/éÉ_.-]{0,40}", flip in proptest::collection::vec(proptest::bool::ANY, 40)) {
+            // b: a with some letters' case flipped, so equal-ignoring-case pairs are common.
+            let b: String = a.chars().zip(flip.iter().chain(std::iter::repeat(&false)))
+                .map(|(c, f)| if *f { if c.is_ascii_lowercase() { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() } } else { c })
+                .collect();
+            proptest::prop_assert_eq!(eq_ignore_case(&a, &b), a.eq_ignore_ascii_case(&b));
+            proptest::prop_assert_eq!(eq_ignore_case(&a, ""), a.is_empty());
+        }
+
+        #[test]
+        fn key_ref_parse_is_the_reference_on_key_id_like_text(id in key_id_like()) {
+            proptest::prop_assert_eq!(KeyRef::parse(&id), reference_parse(&id), "{:?}", id);
+        }
+
+        #[test]
+        fn key_ref_parse_is_the_reference_on_any_text(id in "\\PC{0,40}") {
+            proptest::prop_assert_eq!(KeyRef::parse(&id), reference_parse(&id), "{:?}", id);
+        }
+
+        #[test]
+        fn spans_outside_the_table_are_errors_never_panics(
+            strings in "\\PC{0,24}",
+            spans in proptest::collection::vec((0u32..40, 0u32..40), 6),
+            big in proptest::bool::ANY,
+        ) {
+            let span = |i: usize| {
+                let (o, l) = spans[i];
+                raw::Span { offset: if big && i == 5 { u32::MAX } else { o }, len: l }
+            };
+            let raw = raw::PolicyInput {
+                strings,
+                event: raw::EventInfo { kind: EventKind::Sweep, id: span(0), time: 0, subject: span(1) },
+                now: 0,
+                key: None,
+                registries: vec![raw::RegistryFacts {
+                    id: span(2),
+                    name: span(3),
+                    sku: span(4),
+                    location: span(4),
+                    encryption_enabled: true,
+                    key_identifier: Some(span(5)),
+                    versioned_key_identifier: None,
+                    identity: None,
+                    key_rotation_enabled: false,
+                    last_rotation: None,
+                    provisioning_state: None,
+                    tags: raw::Span { offset: 0, len: 0 },
+                }],
+                tags: vec![],
+                settings: span(0),
+            };
+            if let Ok(input) = Input::new(&raw) {
+                // Whatever resolved is a slice of the table.
+                proptest::prop_assert!(raw.strings.contains(input.registries[0].id));
+            }
+        }
     }
 }
