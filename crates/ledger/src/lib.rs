@@ -377,6 +377,9 @@ pub struct LedgerOptions {
     pub max_batch: usize,
     /// SQLite: the page size of a **new** file (an existing file keeps its own).
     pub sqlite_page_size: u32,
+    /// SQLite: WAL size (bytes) at which the checkpointer resets the WAL (see
+    /// `sqlite::DEFAULT_WAL_RESET_BYTES`).
+    pub sqlite_wal_reset_bytes: u64,
 }
 
 impl Default for LedgerOptions {
@@ -386,6 +389,7 @@ impl Default for LedgerOptions {
             blob_http_client: None,
             max_batch: 1024,
             sqlite_page_size: sqlite::DEFAULT_PAGE_SIZE,
+            sqlite_wal_reset_bytes: sqlite::DEFAULT_WAL_RESET_BYTES,
         }
     }
 }

@@ -30,6 +30,15 @@
 //! background (`PASSIVE`, which never blocks the writer) a few times a second, so a
 //! commit's latency is one WAL fsync and nothing else.
 //!
+//! SQLite starts the WAL over only when a writer begins a transaction while every frame
+//! has been copied; under continuous writes a passive checkpoint never quite catches up,
+//! so the WAL would grow for as long as the load lasts (727 MB after 30 s of the
+//! direct-mode benchmark filled this machine's disk). Once the WAL passes
+//! [`DEFAULT_WAL_RESET_BYTES`] the checkpointer therefore takes one `TRUNCATE` checkpoint:
+//! it waits for the writer's current transaction, copies the few frames the passive one
+//! left and empties the WAL; the writer waits that long (milliseconds), once per that
+//! many bytes of WAL.
+//!
 //! Several processes may share the file (SQLite's own locking serialises their
 //! writers; `busy_timeout` waits up to 5 s), so leases and claims hold across
 //! processes on one machine too.
@@ -144,6 +153,10 @@ impl WriterStats {
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
+/// WAL size at which the checkpointer empties the WAL (module docs, "Checkpoints"): the
+/// same as `journal_size_limit`, so the file never stays larger than that for long.
+pub const DEFAULT_WAL_RESET_BYTES: u64 = 64 * 1024 * 1024;
+
 /// One write, as sent to the writer thread. JSON is encoded by the caller, so the
 /// writer thread only runs SQL.
 #[derive(Debug)]
@@ -243,6 +256,7 @@ impl SqliteLedger {
         let path = path.to_path_buf();
         let p = path.clone();
         let page_size = options.sqlite_page_size;
+        let wal_reset_bytes = options.sqlite_wal_reset_bytes;
         let (writer_conn, reader, checkpointer) = tokio::task::spawn_blocking(move || -> rusqlite::Result<_> {
             let mut w = open_connection(&p, Some(page_size))?;
             let found: i64 = w.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -262,7 +276,9 @@ impl SqliteLedger {
             let r = open_connection(&p, None)?;
             r.pragma_update(None, "query_only", "ON")?;
             let c = open_connection(&p, None)?;
-            Ok((w, r, c))
+            let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let reset_frames = i64::try_from(wal_reset_bytes / page.max(512) as u64).unwrap_or(i64::MAX).max(1);
+            Ok((w, r, (c, reset_frames)))
         })
         .await
         .map_err(|e| unavailable(&path, e))?
@@ -281,7 +297,7 @@ impl SqliteLedger {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("cmkguard-ledger-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, stopped))
+            .spawn(move || checkpoint_loop(checkpointer.0, checkpointer.1, stopped))
             .map_err(|e| unavailable(&path, e))?;
         tracing::debug!(path = %path.display(), "sqlite ledger open");
         Ok(Self { path, writer: tx, reader: Arc::new(Mutex::new(reader)), stats, _checkpointer: stop })
@@ -315,13 +331,22 @@ impl SqliteLedger {
     }
 }
 
-/// Copies the WAL into the database file until the ledger is dropped, then once more.
-fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+/// Copies the WAL into the database file until the ledger is dropped, then once more;
+/// empties the WAL once it holds `reset_frames` frames (module docs, "Checkpoints").
+fn checkpoint_loop(conn: Connection, reset_frames: i64, stop: std::sync::mpsc::Receiver<()>) {
     use std::sync::mpsc::RecvTimeoutError;
+    // The pragma answers (busy, frames in the WAL, frames copied).
+    let frames = |mode: &str| conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(1));
     loop {
         let last = !matches!(stop.recv_timeout(CHECKPOINT_EVERY), Err(RecvTimeoutError::Timeout));
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(error = %e, "ledger checkpoint deferred");
+        match frames("PASSIVE") {
+            Ok(n) if n >= reset_frames => {
+                if let Err(e) = frames("TRUNCATE") {
+                    tracing::debug!(error = %e, frames = n, "ledger WAL reset deferred");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "ledger checkpoint deferred"),
         }
         if last {
             return;
