@@ -320,17 +320,33 @@ impl ActStage {
         Self::new(config, ledger, azure)
     }
 
-    /// With an opened ledger (tests, the demo).
+    /// With an opened ledger (tests, the demo); the chat client reads the CA roots itself.
     pub fn new(
         config: &crate::config::Config,
         ledger: Arc<dyn Ledger>,
         azure: Option<AzureClients>,
     ) -> Result<Self, String> {
+        Self::with_tls(config, ledger, azure, None)
+    }
+
+    /// With an opened ledger and, for a server, the process's shared TLS settings: the
+    /// chat client then uses the CA roots already read at start (BENCHMARKS.md "Cold start").
+    pub fn with_tls(
+        config: &crate::config::Config,
+        ledger: Arc<dyn Ledger>,
+        azure: Option<AzureClients>,
+        tls: Option<&cmkguard_azure::SharedTls>,
+    ) -> Result<Self, String> {
         let channels = channels(config)?;
+        let retry = cmkguard_notify::RetryPolicy::default();
         let notifier = if channels.is_empty() {
             None
         } else {
-            Some(Notifier::new(channels, cmkguard_notify::RetryPolicy::default()).map_err(|e| e.to_string())?)
+            let notifier = match tls {
+                Some(tls) => Notifier::with_client_builder(channels, retry, tls.client_builder()),
+                None => Notifier::new(channels, retry),
+            };
+            Some(notifier.map_err(|e| e.to_string())?)
         };
         Ok(Self {
             ledger,
