@@ -86,7 +86,7 @@ impl AppState {
         // The act stage shares the enrich stage's Azure clients (one token cache, one pool).
         let azure = enrich.enricher().clients().clone();
         pipeline.enrich = std::sync::Arc::new(enrich);
-        let act = act::ActStage::new(&config, ledger, Some(azure.clone()))?;
+        let act = act::ActStage::with_tls(&config, ledger, Some(azure.clone()), Some(&tls))?;
         pipeline.act = std::sync::Arc::new(act.clone());
         policy.start_reload(&config.policy);
         // Refused hot reloads are alerted and recorded by the act stage's channels and ledger.
