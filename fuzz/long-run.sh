@@ -6,6 +6,7 @@
 #
 #   bash fuzz/long-run.sh [RUNS]        logs: target/fuzz-long/<target>.log
 #   FUZZ_SANITIZER=address bash fuzz/long-run.sh    (default: none)
+#   TARGETS="validate facts" bash fuzz/long-run.sh  (default: every target)
 #
 # Sanitizer: the fuzzed crates (cmkguard-model, cmkguard-events, azsim's scenario loader)
 # contain no `unsafe`, so AddressSanitizer has nothing of ours to catch; without it a
@@ -27,7 +28,7 @@ rm -rf "$out/seeds" && python3 fuzz/seed.py "$out/seeds"
 # Its own target dir per sanitizer, so that the smoke run's build (target/fuzz) stays warm.
 flags=(--fuzz-dir fuzz --target-dir "target/fuzz-$sanitizer" -s "$sanitizer")
 nice -n 19 cargo fuzz build "${flags[@]}"
-targets=$(cargo fuzz list --fuzz-dir fuzz)
+targets="${TARGETS:-$(cargo fuzz list --fuzz-dir fuzz)}"
 run_one() {
     local t=$1
     mkdir -p "fuzz/corpus/$t" "$out/artifacts/$t"
