@@ -33,7 +33,7 @@
 //! SQLite starts the WAL over only when a writer begins a transaction while every frame
 //! has been copied; under continuous writes a passive checkpoint never quite catches up,
 //! so the WAL would grow for as long as the load lasts (727 MB after 30 s of the
-//! direct-mode benchmark filled this machine's disk). Once the WAL passes
+//! direct-mode benchmark, BENCHMARKS.md "Throughput and memory"). Once the WAL passes
 //! [`DEFAULT_WAL_RESET_BYTES`] the checkpointer therefore takes one `TRUNCATE` checkpoint:
 //! it waits for the writer's current transaction, copies the few frames the passive one
 //! left and empties the WAL; the writer waits that long (milliseconds), once per that
