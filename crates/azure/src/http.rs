@@ -322,20 +322,6 @@ impl SharedTls {
     }
 }
 
-/// Seeds the crypto library's random generator now. aws-lc gathers CPU-jitter entropy for
-/// its root generator once per process, on first use (tens of milliseconds of CPU): without
-/// this, the first TLS handshake (the first event's first Azure call) pays for it. Run it
-/// on a thread of its own at process start.
-pub fn warm_up_crypto() {
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-    let mut seed = [0u8; 32];
-    if provider.secure_random.fill(&mut seed).is_err() {
-        tracing::debug!("could not warm up the crypto random generator; the first TLS handshake will");
-    }
-}
-
 /// Builds the reqwest client for a profile, loading the platform's CA roots for it alone
 /// (tools and tests; a server shares one [`SharedTls`]: [`build_client_with`]).
 pub fn build_client(profile: &CloudProfile) -> Result<reqwest::Client, AzureError> {

@@ -18,10 +18,6 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<u8, CliError> {
-    // Seeds the TLS library's random generator beside the start so the first event's first
-    // handshake does not pay for it: microseconds as this workspace builds aws-lc (without
-    // CPU-jitter entropy, .cargo/config.toml), 40–150 ms of CPU in a build with it.
-    let _ = std::thread::Builder::new().name("cmkguard-tls-warm".into()).spawn(cmkguard_azure::http::warm_up_crypto);
     let config = Config::from_settings(args.settings, |k| std::env::var(k).ok()).map_err(CliError::bad_input)?;
     logging::init(config.log_format, &config.log_filter);
     // Bind first: the Functions host polls the port and counts a refused connection as
