@@ -12,22 +12,6 @@ fn secs(t: DateTime<Utc>) -> i64 {
     t.timestamp()
 }
 
-/// The contract's event kind for a model kind name.
-pub fn event_kind(name: &str) -> Result<wit::EventKind, EvalError> {
-    Ok(match name {
-        "key-near-expiry" => wit::EventKind::KeyNearExpiry,
-        "key-expired" => wit::EventKind::KeyExpired,
-        "key-new-version-created" => wit::EventKind::KeyNewVersionCreated,
-        "registry-written" => wit::EventKind::RegistryWritten,
-        "sweep" => wit::EventKind::Sweep,
-        other => {
-            return Err(EvalError::Input(format!(
-                "event kind {other:?} is not one of key-near-expiry, key-expired, key-new-version-created, registry-written, sweep"
-            )));
-        }
-    })
-}
-
 /// The registries' tags, flattened, so that the contract input can borrow them.
 pub struct Tags<'a>(Vec<(&'a str, &'a str)>);
 
@@ -106,11 +90,28 @@ fn registry<'a>(r: &'a model::RegistryFacts, tags: &'a [(&'a str, &'a str)]) -> 
     }
 }
 
-/// `decision` and `severity`: the model's decision for a contract's decision (validated
-/// separately). The output types of contracts 1 and 2 are the same; `wit` names the
-/// contract's types module where this is used.
-macro_rules! decision_conversions {
+/// `event_kind`, `decision` and `severity`: the contract's event kind for the model's, and
+/// the model's decision for a contract's decision (validated separately). The event kind
+/// and the output types of contracts 1 and 2 are the same; `wit` names the contract's
+/// types module where this is used.
+macro_rules! conversions {
     () => {
+        /// The contract's event kind for a model kind name.
+        pub fn event_kind(name: &str) -> Result<wit::EventKind, EvalError> {
+            Ok(match name {
+                "key-near-expiry" => wit::EventKind::KeyNearExpiry,
+                "key-expired" => wit::EventKind::KeyExpired,
+                "key-new-version-created" => wit::EventKind::KeyNewVersionCreated,
+                "registry-written" => wit::EventKind::RegistryWritten,
+                "sweep" => wit::EventKind::Sweep,
+                other => {
+                    return Err(EvalError::Input(format!(
+                        "event kind {other:?} is not one of key-near-expiry, key-expired, key-new-version-created, registry-written, sweep"
+                    )));
+                }
+            })
+        }
+
         pub fn severity(s: wit::Severity) -> model::Severity {
             match s {
                 wit::Severity::Info => model::Severity::Info,
@@ -161,7 +162,7 @@ macro_rules! decision_conversions {
     };
 }
 
-decision_conversions!();
+conversions!();
 
 /// Contract 2.0.0: the input's strings in one string table, records with spans.
 pub mod v2 {
@@ -171,7 +172,7 @@ pub mod v2 {
     use crate::bindings_v2::cmkguard::policy::types as wit;
     use crate::error::EvalError;
 
-    decision_conversions!();
+    conversions!();
 
     /// The contract input, owned: the string table and the records pointing into it.
     pub struct Input {
@@ -203,13 +204,7 @@ pub mod v2 {
     impl Input {
         /// Encodes `input`; `settings` overrides `input.settings` when given.
         pub fn new(input: &model::PolicyInput, settings: Option<&str>) -> Result<Self, EvalError> {
-            let kind = match super::event_kind(&input.event.kind)? {
-                super::wit::EventKind::KeyNearExpiry => wit::EventKind::KeyNearExpiry,
-                super::wit::EventKind::KeyExpired => wit::EventKind::KeyExpired,
-                super::wit::EventKind::KeyNewVersionCreated => wit::EventKind::KeyNewVersionCreated,
-                super::wit::EventKind::RegistryWritten => wit::EventKind::RegistryWritten,
-                super::wit::EventKind::Sweep => wit::EventKind::Sweep,
-            };
+            let kind = event_kind(&input.event.kind)?;
             let mut t = Table(String::with_capacity(1024 + 512 * input.registries.len()));
             let event = wit::EventInfo {
                 kind,
