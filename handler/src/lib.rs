@@ -9,10 +9,12 @@
 //!   the typed domain [`cmkguard_model::Event`].
 //! - [`pipeline`]: the enrich → decide → act stages behind small traits.
 //! - [`cli`]: the command line.
+//! - [`alloc`]: the global allocator (jemalloc, configured for a small peak RSS).
 
 use std::sync::Arc;
 
 pub mod act;
+pub mod alloc;
 pub mod api;
 pub mod cli;
 pub mod config;

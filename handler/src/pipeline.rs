@@ -133,7 +133,7 @@ impl Enrich for EventOnly {
             event: EventInfo::from(event),
             now,
             key: None,
-            registries: Vec::new(),
+            registries: Default::default(),
             settings: "{}".to_owned(),
         })
     }

@@ -340,6 +340,29 @@ fn vm_hwm_kb(pid: u32) -> anyhow::Result<u64> {
     line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).context("VmHWM value")
 }
 
+/// The process's CPU time so far (user + system), from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces, so split after its ')'):
+    // state is field 3, utime 14 and stime 15, in clock ticks.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("/proc/PID/stat: no ')'")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        f.get(i - 3).and_then(|v| v.parse().ok()).with_context(|| format!("/proc/PID/stat field {i}"))
+    };
+    // Linux reports these in USER_HZ, 100 on every architecture it runs on.
+    Ok(Duration::from_millis((ticks(14)? + ticks(15)?) * 10))
+}
+
+/// Events the server has handled so far (`GET /api/health`, `stats.events`).
+fn events_handled(addr: SocketAddr) -> anyhow::Result<u64> {
+    let (code, text) =
+        http_once(addr, format!("GET /api/health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body).with_context(|| format!("GET /api/health: {code}"))?;
+    v["stats"]["events"].as_u64().context("GET /api/health: no stats.events")
+}
+
 fn throughput(
     root: &Path,
     bin: &Path,
@@ -366,6 +389,8 @@ fn throughput(
     };
     let mut eps = Vec::new();
     let mut results = Vec::new();
+    // The server's CPU per event over all runs (their warm-ups included, on both sides).
+    let (cpu0, events0) = (cpu_time(server.0.id())?, events_handled(addr)?);
     for run in 0..runs {
         let spec = LoadSpec { addr, shape, connections, warmup, duration, run: run + 1 };
         let r = bench_load::run(&spec, &template)?;
@@ -376,6 +401,8 @@ fn throughput(
         eps.push(r.events_per_s());
         results.push(r);
     }
+    let (cpu1, events1) = (cpu_time(server.0.id())?, events_handled(addr)?);
+    let cpu_per_event = (cpu1 - cpu0).as_secs_f64() * 1e6 / (events1 - events0).max(1) as f64;
     let rss = vm_hwm_kb(server.0.id())?;
     drop(server);
     let m = median(&mut eps);
@@ -393,7 +420,7 @@ fn throughput(
         })
         .unwrap_or_default();
     let note = format!(
-        "{connections} keep-alive connections, {runs} run(s) × {} s after {} s warm-up, monitor mode, default policy, SQLite ledger{lat}",
+        "{connections} keep-alive connections, {runs} run(s) × {} s after {} s warm-up, monitor mode, default policy, SQLite ledger; server CPU {cpu_per_event:.0} µs/event{lat}",
         duration.as_secs(),
         warmup.as_secs()
     );

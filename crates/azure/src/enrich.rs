@@ -84,7 +84,13 @@ impl Enricher {
             EventKind::RegistryWritten(w) => self.registry_and_key(&w.registry, false, &budget).await?,
             EventKind::Sweep { registry } => self.registry_and_key(registry, true, &budget).await?,
         };
-        Ok(PolicyInput { event: EventInfo::from(event), now, key, registries, settings: self.settings.clone() })
+        Ok(PolicyInput {
+            event: EventInfo::from(event),
+            now,
+            key: key.map(Into::into),
+            registries: registries.into(),
+            settings: self.settings.clone(),
+        })
     }
 
     async fn registry_and_key(
@@ -107,7 +113,13 @@ impl Enricher {
     ) -> Result<PolicyInput, AzureError> {
         let budget = Budget::new(self.budget);
         let (key, registries) = self.key_of(registry, true, &budget).await?;
-        Ok(PolicyInput { event: EventInfo::from(event), now, key, registries, settings: self.settings.clone() })
+        Ok(PolicyInput {
+            event: EventInfo::from(event),
+            now,
+            key: key.map(Into::into),
+            registries: registries.into(),
+            settings: self.settings.clone(),
+        })
     }
 
     /// Fetches every distinct key the registries use into the cache, at most

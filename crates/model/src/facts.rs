@@ -2,9 +2,88 @@
 //!
 //! The JSON form of [`PolicyInput`] is the one documented input format: `cmkguard eval
 //! --facts`, policy test cases and the demo scenario all use it. Times are RFC 3339.
+//!
+//! The key's and the registries' facts are [`Shared`]: a cache of facts (the handler's
+//! benchmark, a sweep's key cache) hands the same facts to many events by reference
+//! count instead of copying ≈ 140 strings per event (BENCHMARKS.md "Throughput and
+//! memory"). They read and serialize exactly like the plain values.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A value shared by reference count, read through `Deref` and serialized as the value
+/// itself (transparent in JSON). Mutation (`DerefMut`) copies it first if it is shared
+/// (`Arc::make_mut`), so a holder never changes another's facts.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Shared<T>(Arc<T>);
+
+impl<T> Shared<T> {
+    pub fn new(value: T) -> Self {
+        Self(Arc::new(value))
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    /// A reference-count increment, not a copy of the value.
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T> From<T> for Shared<T> {
+    fn from(value: T) -> Self {
+        Self::new(value)
+    }
+}
+
+impl<T> std::ops::Deref for Shared<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Clone> std::ops::DerefMut for Shared<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Shared<T>
+where
+    &'a T: IntoIterator,
+{
+    type Item = <&'a T as IntoIterator>::Item;
+    type IntoIter = <&'a T as IntoIterator>::IntoIter;
+    fn into_iter(self) -> Self::IntoIter {
+        (&*self.0).into_iter()
+    }
+}
+
+impl<'a, T: Clone> IntoIterator for &'a mut Shared<T>
+where
+    &'a mut T: IntoIterator,
+{
+    type Item = <&'a mut T as IntoIterator>::Item;
+    type IntoIter = <&'a mut T as IntoIterator>::IntoIter;
+    fn into_iter(self) -> Self::IntoIter {
+        Arc::make_mut(&mut self.0).into_iter()
+    }
+}
+
+impl<T: Serialize> Serialize for Shared<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Shared<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Self::new)
+    }
+}
 
 /// The whole input of one policy evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,10 +95,10 @@ pub struct PolicyInput {
     /// The key the event is about, or the key the registry uses; absent when unknown
     /// (e.g. a registry without CMK).
     #[serde(default)]
-    pub key: Option<KeyFacts>,
+    pub key: Option<Shared<KeyFacts>>,
     /// The registries in scope: those using the key, or the one registry written.
     #[serde(default)]
-    pub registries: Vec<RegistryFacts>,
+    pub registries: Shared<Vec<RegistryFacts>>,
     /// The policy's own settings, as a JSON document the policy validates itself.
     #[serde(default = "empty_settings")]
     pub settings: String,
@@ -123,5 +202,42 @@ impl PolicyInput {
     /// Parses the documented JSON format with a message that names the bad field.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INPUT: &str = r#"{"event":{"kind":"key-near-expiry","id":"e1","time":"2026-01-01T00:00:00Z","subject":"k"},
+        "now":"2026-01-02T00:00:00Z",
+        "key":{"key_id":"https://v.vault.azure.net/keys/k/1","vault_uri":"https://v.vault.azure.net/","name":"k",
+               "version":"1","key_type":"RSA","enabled":true,"vault":{}},
+        "registries":[{"id":"/subscriptions/s/resourceGroups/g/providers/Microsoft.ContainerRegistry/registries/r",
+                       "name":"r","sku":"Premium","location":"westeurope","encryption_enabled":true}]}"#;
+
+    #[test]
+    fn shared_facts_read_and_serialize_like_plain_ones() {
+        let input = PolicyInput::from_json(INPUT).expect("parses");
+        assert_eq!(input.registries.len(), 1);
+        assert_eq!(input.key.as_ref().map(|k| k.name.as_str()), Some("k"));
+        let json = serde_json::to_value(&input).expect("serializes");
+        // Transparent: the same shape as the documented format, no wrapper.
+        assert_eq!(json["registries"][0]["name"], "r");
+        assert_eq!(json["key"]["version"], "1");
+        assert_eq!(PolicyInput::from_json(&json.to_string()).expect("round trip"), input);
+    }
+
+    #[test]
+    fn a_clone_shares_the_facts_and_a_change_copies_them_first() {
+        let a = PolicyInput::from_json(INPUT).expect("parses");
+        let mut b = a.clone();
+        assert!(Arc::ptr_eq(&a.registries.0, &b.registries.0), "a clone shares, it does not copy");
+        b.registries[0].name = "changed".into();
+        let first = b.registries[0].clone();
+        b.registries.push(first);
+        assert_eq!(a.registries.len(), 1);
+        assert_eq!(a.registries[0].name, "r", "the other holder's facts are untouched");
+        assert_eq!(b.registries.len(), 2);
     }
 }

@@ -19,5 +19,5 @@ pub mod validate;
 
 pub use decision::{Action, Decision, Finding, RotateTarget, Severity};
 pub use event::{Event, EventKind, KeyEvent, RegistryWrite};
-pub use facts::{KeyFacts, PolicyInput, RegistryFacts, VaultFacts};
+pub use facts::{KeyFacts, PolicyInput, RegistryFacts, Shared, VaultFacts};
 pub use resource::{KeyId, ResourceId};

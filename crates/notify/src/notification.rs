@@ -461,7 +461,8 @@ mod tests {
         later.title = "other".into();
         assert_eq!(n.dedupe_key(), later.dedupe_key());
         let mut two = input.clone();
-        two.registries.push(two.registries[0].clone());
+        let first = two.registries[0].clone();
+        two.registries.push(first);
         assert!(Notification::from_input(&two, Severity::Medium, "t", "x").registry.is_none());
     }
 

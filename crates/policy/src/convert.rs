@@ -50,7 +50,7 @@ pub fn input<'a>(
             subject: &input.event.subject,
         },
         now: secs(input.now),
-        key: input.key.as_ref().map(key),
+        key: input.key.as_deref().map(key),
         registries,
         settings: settings.unwrap_or(&input.settings),
     })
