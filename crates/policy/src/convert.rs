@@ -1,6 +1,8 @@
 //! Conversions between the domain model ([`cmkguard_model`]) and the contracts' lean
 //! encodings (times as Unix seconds, the event kind as an enum): contract 1 borrows
-//! every string from the model; contract 2 ([`v2`]) copies them into one string table.
+//! every string from the model; contract 2 ([`v2`]) copies them into one string table,
+//! and its decisions name input resources by position, which [`v2::decision`] maps
+//! back to their ids.
 
 use chrono::{DateTime, Utc};
 use cmkguard_model as model;
@@ -90,10 +92,9 @@ fn registry<'a>(r: &'a model::RegistryFacts, tags: &'a [(&'a str, &'a str)]) -> 
     }
 }
 
-/// `event_kind`, `decision` and `severity`: the contract's event kind for the model's, and
-/// the model's decision for a contract's decision (validated separately). The event kind
-/// and the output types of contracts 1 and 2 are the same; `wit` names the contract's
-/// types module where this is used.
+/// `event_kind` and `severity`: the contract's event kind for the model's, and the model's
+/// severity for a contract's. Both are the same in contracts 1 and 2; `wit` names the
+/// contract's types module where this is used.
 macro_rules! conversions {
     () => {
         /// The contract's event kind for a model kind name.
@@ -122,47 +123,50 @@ macro_rules! conversions {
             }
         }
 
-        /// The model decision for a contract decision (validated separately).
-        pub fn decision(d: wit::Decision) -> model::Decision {
-            model::Decision {
-                findings: d
-                    .findings
-                    .into_iter()
-                    .map(|f| model::Finding {
-                        rule_id: f.rule_id,
-                        severity: severity(f.severity),
-                        resource: f.resource,
-                        message: f.message,
-                    })
-                    .collect(),
-                actions: d
-                    .actions
-                    .into_iter()
-                    .map(|a| match a {
-                        wit::Action::Audit => model::Action::Audit,
-                        wit::Action::RotateRegistryKey(r) => model::Action::RotateRegistryKey {
-                            registry: r.registry,
-                            target: match r.target {
-                                wit::RotateTarget::Versionless => model::RotateTarget::Versionless,
-                                wit::RotateTarget::LatestVersion => model::RotateTarget::LatestVersion,
-                                wit::RotateTarget::KeyId(k) => model::RotateTarget::KeyId(k),
-                            },
-                        },
-                        wit::Action::RotateVaultKey(k) => model::Action::RotateVaultKey { key: k.key },
-                        wit::Action::Notify(n) => model::Action::Notify {
-                            channel: n.channel,
-                            severity: severity(n.severity),
-                            title: n.title,
-                            text: n.text,
-                        },
-                    })
-                    .collect(),
+        fn rotate_target(t: wit::RotateTarget) -> model::RotateTarget {
+            match t {
+                wit::RotateTarget::Versionless => model::RotateTarget::Versionless,
+                wit::RotateTarget::LatestVersion => model::RotateTarget::LatestVersion,
+                wit::RotateTarget::KeyId(k) => model::RotateTarget::KeyId(k),
             }
         }
     };
 }
 
 conversions!();
+
+/// The model decision for a contract-1 decision (validated separately).
+pub fn decision(d: wit::Decision) -> model::Decision {
+    model::Decision {
+        findings: d
+            .findings
+            .into_iter()
+            .map(|f| model::Finding {
+                rule_id: f.rule_id,
+                severity: severity(f.severity),
+                resource: f.resource,
+                message: f.message,
+            })
+            .collect(),
+        actions: d
+            .actions
+            .into_iter()
+            .map(|a| match a {
+                wit::Action::Audit => model::Action::Audit,
+                wit::Action::RotateRegistryKey(r) => {
+                    model::Action::RotateRegistryKey { registry: r.registry, target: rotate_target(r.target) }
+                }
+                wit::Action::RotateVaultKey(k) => model::Action::RotateVaultKey { key: k.key },
+                wit::Action::Notify(n) => model::Action::Notify {
+                    channel: n.channel,
+                    severity: severity(n.severity),
+                    title: n.title,
+                    text: n.text,
+                },
+            })
+            .collect(),
+    }
+}
 
 /// Contract 2.0.0: the input's strings in one string table, records with spans.
 pub mod v2 {
@@ -173,6 +177,62 @@ pub mod v2 {
     use crate::error::EvalError;
 
     conversions!();
+
+    /// The model decision for a contract-2 decision: the input resources it names by
+    /// position are replaced by their ids from `input` (the input the policy was given).
+    /// A position outside the input is an invalid decision, as an unknown id is; the rest
+    /// is validated separately.
+    pub fn decision(d: wit::Decision, input: &model::PolicyInput) -> Result<model::Decision, EvalError> {
+        let registry = |i: u32, what: &dyn Fn() -> String| {
+            input.registries.get(i as usize).map(|r| r.id.clone()).ok_or_else(|| {
+                EvalError::InvalidDecision(format!(
+                    "{} names registry {i}, but the input has {} registries",
+                    what(),
+                    input.registries.len()
+                ))
+            })
+        };
+        let key = |what: &dyn Fn() -> String| {
+            input.key.as_ref().ok_or_else(|| {
+                EvalError::InvalidDecision(format!("{} names the key, but the input has no key", what()))
+            })
+        };
+        let mut findings = Vec::with_capacity(d.findings.len());
+        for (i, f) in d.findings.into_iter().enumerate() {
+            let what = || format!("finding {i} ({})", f.rule_id);
+            let resource = match f.resource {
+                wit::ResourceRef::Registry(r) => registry(r, &what)?,
+                wit::ResourceRef::Key => key(&what)?.key_id.clone(),
+                wit::ResourceRef::Vault => key(&what)?.vault_uri.clone(),
+            };
+            findings.push(model::Finding {
+                rule_id: f.rule_id,
+                severity: severity(f.severity),
+                resource,
+                message: f.message,
+            });
+        }
+        let mut actions = Vec::with_capacity(d.actions.len());
+        for (i, a) in d.actions.into_iter().enumerate() {
+            actions.push(match a {
+                wit::Action::Audit => model::Action::Audit,
+                wit::Action::RotateRegistryKey(r) => model::Action::RotateRegistryKey {
+                    registry: registry(r.registry, &|| format!("action {i} (rotate-registry-key)"))?,
+                    target: rotate_target(r.target),
+                },
+                wit::Action::RotateVaultKey => model::Action::RotateVaultKey {
+                    key: key(&|| format!("action {i} (rotate-vault-key)"))?.key_id.clone(),
+                },
+                wit::Action::Notify(n) => model::Action::Notify {
+                    channel: n.channel,
+                    severity: severity(n.severity),
+                    title: n.title,
+                    text: n.text,
+                },
+            });
+        }
+        Ok(model::Decision { findings, actions })
+    }
 
     /// The contract input, owned: the string table and the records pointing into it.
     pub struct Input {
@@ -271,5 +331,80 @@ pub mod v2 {
                 settings: self.settings,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bindings_v2::cmkguard::policy::types as wit;
+    use crate::error::EvalError;
+    use cmkguard_model as model;
+
+    fn finding(resource: wit::ResourceRef) -> wit::Finding {
+        wit::Finding { rule_id: "X1".into(), severity: wit::Severity::Low, resource, message: "m".into() }
+    }
+
+    #[test]
+    fn v2_decisions_name_input_resources_by_position() {
+        let input = crate::sample::sample_input(3);
+        let key = input.key.as_ref().unwrap();
+        let d = wit::Decision {
+            findings: vec![
+                finding(wit::ResourceRef::Registry(2)),
+                finding(wit::ResourceRef::Key),
+                finding(wit::ResourceRef::Vault),
+            ],
+            actions: vec![
+                wit::Action::RotateRegistryKey(wit::RotateRegistryKey {
+                    registry: 1,
+                    target: wit::RotateTarget::Versionless,
+                }),
+                wit::Action::RotateVaultKey,
+            ],
+        };
+        let m = super::v2::decision(d, &input).unwrap();
+        let resources: Vec<&str> = m.findings.iter().map(|f| f.resource.as_str()).collect();
+        assert_eq!(resources, [input.registries[2].id.as_str(), &key.key_id, &key.vault_uri]);
+        assert_eq!(
+            m.actions,
+            [
+                model::Action::RotateRegistryKey {
+                    registry: input.registries[1].id.clone(),
+                    target: model::RotateTarget::Versionless
+                },
+                model::Action::RotateVaultKey { key: key.key_id.clone() },
+            ]
+        );
+    }
+
+    #[test]
+    fn v2_positions_outside_the_input_are_invalid_decisions() {
+        let mut input = crate::sample::sample_input(3);
+        let refused = |d: wit::Decision, input: &model::PolicyInput| match super::v2::decision(d, input) {
+            Err(EvalError::InvalidDecision(m)) => m,
+            other => panic!("accepted or wrong error: {other:?}"),
+        };
+        let one = |f: wit::Finding| wit::Decision { findings: vec![f], actions: vec![] };
+        let m = refused(one(finding(wit::ResourceRef::Registry(3))), &input);
+        assert!(m.contains("finding 0 (X1) names registry 3, but the input has 3 registries"), "{m}");
+        let m = refused(
+            wit::Decision {
+                findings: vec![],
+                actions: vec![
+                    wit::Action::Audit,
+                    wit::Action::RotateRegistryKey(wit::RotateRegistryKey {
+                        registry: u32::MAX,
+                        target: wit::RotateTarget::LatestVersion,
+                    }),
+                ],
+            },
+            &input,
+        );
+        assert!(m.contains("action 1 (rotate-registry-key) names registry 4294967295"), "{m}");
+        input.key = None;
+        let m = refused(one(finding(wit::ResourceRef::Vault)), &input);
+        assert!(m.contains("names the key, but the input has no key"), "{m}");
+        let m = refused(wit::Decision { findings: vec![], actions: vec![wit::Action::RotateVaultKey] }, &input);
+        assert!(m.contains("action 0 (rotate-vault-key)"), "{m}");
     }
 }

@@ -458,7 +458,7 @@ impl Policy {
                 let wit_input = owned.wit();
                 let evaluate = EvaluateV2 { pre, index: evaluate, input: std::marker::PhantomData };
                 let raw = self.call(&evaluate, |f, store| f.call(store, (wit_input,)).map(|(r,)| r))?;
-                crate::convert::v2::decision(raw.map_err(|m| EvalError::Policy(truncate(m, 2048)))?)
+                crate::convert::v2::decision(raw.map_err(|m| EvalError::Policy(truncate(m, 2048)))?, input)?
             }
         };
         validate(&decision, input, &self.engine.inner.limits.decision).map_err(EvalError::InvalidDecision)?;

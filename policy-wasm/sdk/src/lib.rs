@@ -11,7 +11,10 @@
 //! ```
 //!
 //! Contract 2 passes the input's strings as one string plus spans (see `wit/v2`);
-//! [`Input`] resolves them, so a policy reads `registry.id` as a `&str` as before.
+//! [`Input`] resolves them, so a policy reads `registry.id` as a `&str` as before. Its
+//! decisions name input resources by position: [`DecisionBuilder`] takes the
+//! [`Registry`] (which knows its index), [`ResourceRef::Key`] or [`ResourceRef::Vault`]
+//! where version 1 took an id string.
 
 wit_bindgen::generate!({
     path: "../../wit/v2",
@@ -23,7 +26,7 @@ wit_bindgen::generate!({
 
 pub use cmkguard::policy::log::Level;
 pub use cmkguard::policy::types::{
-    Action, Decision, EventKind, Finding, Notify, PolicyMetadata, RotateRegistryKey, RotateTarget, RotateVaultKey,
+    Action, Decision, EventKind, Finding, Notify, PolicyMetadata, ResourceRef, RotateRegistryKey, RotateTarget,
     Severity, Timestamp, VaultFacts,
 };
 
@@ -109,6 +112,9 @@ pub struct Key<'a> {
 /// One container registry and its encryption settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Registry<'a> {
+    /// Its position in the input: how the decision names it (`ResourceRef::Registry`,
+    /// `RotateRegistryKey::registry`); [`DecisionBuilder`] reads it from the `Registry`.
+    pub index: u32,
     /// ARM resource id: the only way an action can name this registry.
     pub id: &'a str,
     pub name: &'a str,
@@ -210,13 +216,15 @@ impl<'a> Input<'a> {
             None => None,
         };
         let mut registries = Vec::with_capacity(raw.registries.len());
-        for r in &raw.registries {
+        for (index, r) in raw.registries.iter().enumerate() {
             let start = r.tags.offset as usize;
             let tags =
                 start.checked_add(r.tags.len as usize).and_then(|end| raw.tags.get(start..end)).ok_or_else(|| {
                     format!("input: tags {}+{} outside the {} tags", r.tags.offset, r.tags.len, raw.tags.len())
                 })?;
             registries.push(Registry {
+                // The host's list has at most u32::MAX entries (its length is a u32).
+                index: index as u32,
                 id: text(r.id)?,
                 name: text(r.name)?,
                 sku: text(r.sku)?,
@@ -320,9 +328,9 @@ impl<'a> KeyRef<'a> {
 }
 
 /// `a.eq_ignore_ascii_case(b)`, eight bytes at a time while they are equal as they are.
-/// In a policy `eq_ignore_ascii_case` compares byte by byte, and resource ids are long
-/// and mostly alike (registry ids of one resource group differ in their last bytes):
-/// comparing them was 10 % of an evaluation's time (BENCHMARKS.md, "Policy").
+/// In a policy `eq_ignore_ascii_case` compares byte by byte, and ids are long and mostly
+/// alike: comparing registry ids this way was 10 % of an evaluation's time, before
+/// decisions named registries by index (BENCHMARKS.md, "Policy").
 pub fn eq_ignore_case(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
@@ -342,6 +350,18 @@ pub fn tag<'a>(registry: &Registry<'a>, name: &str) -> Option<&'a str> {
     registry.tags.get(name)
 }
 
+impl From<&Registry<'_>> for ResourceRef {
+    fn from(r: &Registry<'_>) -> Self {
+        ResourceRef::Registry(r.index)
+    }
+}
+
+impl From<&Key<'_>> for ResourceRef {
+    fn from(_: &Key<'_>) -> Self {
+        ResourceRef::Key
+    }
+}
+
 /// Builds a decision; repeated identical actions are kept once.
 #[derive(Default)]
 pub struct DecisionBuilder {
@@ -354,17 +374,19 @@ impl DecisionBuilder {
         Self::default()
     }
 
+    /// A finding about `resource`: a `&Registry`, the `&Key` (or [`ResourceRef::Key`]), or
+    /// [`ResourceRef::Vault`] (the key's vault).
     pub fn finding(
         &mut self,
         rule_id: &str,
         severity: Severity,
-        resource: &str,
+        resource: impl Into<ResourceRef>,
         message: impl Into<String>,
     ) -> &mut Self {
         self.findings.push(Finding {
             rule_id: rule_id.to_owned(),
             severity,
-            resource: resource.to_owned(),
+            resource: resource.into(),
             message: message.into(),
         });
         self
@@ -378,21 +400,19 @@ impl DecisionBuilder {
     }
 
     /// Asks to rotate a registry's key; a second request for the same registry is dropped.
-    pub fn rotate_registry(&mut self, registry: &str, target: RotateTarget) -> &mut Self {
-        let dup = self
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::RotateRegistryKey(r) if eq_ignore_case(&r.registry, registry)));
+    pub fn rotate_registry(&mut self, registry: &Registry<'_>, target: RotateTarget) -> &mut Self {
+        let index = registry.index;
+        let dup = self.actions.iter().any(|a| matches!(a, Action::RotateRegistryKey(r) if r.registry == index));
         if !dup {
-            self.actions.push(Action::RotateRegistryKey(RotateRegistryKey { registry: registry.to_owned(), target }));
+            self.actions.push(Action::RotateRegistryKey(RotateRegistryKey { registry: index, target }));
         }
         self
     }
 
-    pub fn rotate_vault_key(&mut self, key: &str) -> &mut Self {
-        let dup = self.actions.iter().any(|a| matches!(a, Action::RotateVaultKey(k) if k.key == key));
-        if !dup {
-            self.actions.push(Action::RotateVaultKey(RotateVaultKey { key: key.to_owned() }));
+    /// Asks for a new version of the input's key (once).
+    pub fn rotate_vault_key(&mut self) -> &mut Self {
+        if !self.actions.iter().any(|a| matches!(a, Action::RotateVaultKey)) {
+            self.actions.push(Action::RotateVaultKey);
         }
         self
     }
@@ -609,12 +629,65 @@ mod tests {
         let input = Input::new(&raw).unwrap();
         assert_eq!((input.event.id, input.event.subject, input.settings), ("evt-1", "subj", "{}"));
         let r = &input.registries[0];
-        assert_eq!((r.id, r.name, r.tags.get("OWNER")), ("reg", "acr", Some("team")));
+        assert_eq!((r.index, r.id, r.name, r.tags.get("OWNER")), (0, "reg", "acr", Some("team")));
         raw.registries[0].tags = span(1, 1);
         assert!(Input::new(&raw).unwrap_err().contains("tags 1+1"));
         raw.registries[0].tags = span(0, 1);
         raw.settings = span(20, 10);
         assert!(Input::new(&raw).unwrap_err().contains("span 20+10"));
+    }
+
+    #[test]
+    fn decisions_name_registries_by_index_and_keep_actions_unique() {
+        let span = raw::Span { offset: 0, len: 0 };
+        let facts = raw::RegistryFacts {
+            id: span,
+            name: span,
+            sku: span,
+            location: span,
+            encryption_enabled: true,
+            key_identifier: None,
+            versioned_key_identifier: None,
+            identity: None,
+            key_rotation_enabled: false,
+            last_rotation: None,
+            provisioning_state: None,
+            tags: span,
+        };
+        let raw = raw::PolicyInput {
+            strings: String::new(),
+            event: raw::EventInfo { kind: EventKind::Sweep, id: span, time: 0, subject: span },
+            now: 0,
+            key: None,
+            registries: vec![facts; 3],
+            tags: vec![],
+            settings: span,
+        };
+        let input = Input::new(&raw).unwrap();
+        assert_eq!(input.registries.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 1, 2]);
+        let mut d = DecisionBuilder::new();
+        d.finding("X1", Severity::Low, &input.registries[2], "m")
+            .finding("X2", Severity::Low, ResourceRef::Vault, "m")
+            .rotate_registry(&input.registries[2], RotateTarget::Versionless)
+            .rotate_registry(&input.registries[1], RotateTarget::Versionless)
+            .rotate_registry(&input.registries[2], RotateTarget::LatestVersion)
+            .rotate_vault_key()
+            .rotate_vault_key();
+        let d = d.build();
+        assert!(matches!(
+            d.findings.iter().map(|f| f.resource).collect::<Vec<_>>()[..],
+            [ResourceRef::Registry(2), ResourceRef::Vault]
+        ));
+        let rotated: Vec<u32> = d
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RotateRegistryKey(r) => Some(r.registry),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rotated, [2, 1]);
+        assert_eq!(d.actions.iter().filter(|a| matches!(a, Action::RotateVaultKey)).count(), 1);
     }
 
     /// The parser as it was before it was rewritten for speed: the reference.
