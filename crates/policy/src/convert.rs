@@ -234,16 +234,29 @@ pub mod v2 {
         Ok(model::Decision { findings, actions })
     }
 
-    /// The contract input, owned: the string table and the records pointing into it.
+    /// The contract input, owned: the string table, the records pointing into it and the
+    /// registries' and tags' rows (`wit/v2/policy.wit`, `policy-input.registries`).
     pub struct Input {
         strings: String,
         event: wit::EventInfo,
         now: i64,
         key: Option<wit::KeyFacts>,
-        registries: Vec<wit::RegistryFacts>,
-        tags: Vec<wit::Tag>,
+        registries: Vec<u32>,
+        tags: Vec<u32>,
         settings: wit::Span,
     }
+
+    /// Words per registry row and per tag row, and the registry row's flag bits
+    /// (`wit/v2/policy.wit`, `policy-input.registries`; the SDK decodes the same layout).
+    pub const REGISTRY_WORDS: usize = 21;
+    pub const TAG_WORDS: usize = 4;
+    const ENCRYPTION_ENABLED: u32 = 1 << 0;
+    const KEY_ROTATION_ENABLED: u32 = 1 << 1;
+    const HAS_KEY_IDENTIFIER: u32 = 1 << 2;
+    const HAS_VERSIONED_KEY_IDENTIFIER: u32 = 1 << 3;
+    const HAS_IDENTITY: u32 = 1 << 4;
+    const HAS_PROVISIONING_STATE: u32 = 1 << 5;
+    const HAS_LAST_ROTATION: u32 = 1 << 6;
 
     /// Appends strings and hands out their spans.
     struct Table(String);
@@ -256,8 +269,24 @@ pub mod v2 {
             wit::Span { offset, len: s.len() as u32 }
         }
 
-        fn opt(&mut self, s: Option<&str>) -> Option<wit::Span> {
-            s.map(|s| self.span(s))
+        /// Appends `s`'s span to a row.
+        fn push(&mut self, row: &mut Vec<u32>, s: &str) {
+            let span = self.span(s);
+            row.extend([span.offset, span.len]);
+        }
+
+        /// Appends an optional string's span (0, 0 when absent) and returns `bit` when present.
+        fn push_opt(&mut self, row: &mut Vec<u32>, s: Option<&str>, bit: u32) -> u32 {
+            match s {
+                Some(s) => {
+                    self.push(row, s);
+                    bit
+                }
+                None => {
+                    row.extend([0, 0]);
+                    0
+                }
+            }
         }
     }
 
@@ -286,37 +315,50 @@ pub mod v2 {
                 has_rotation_policy: k.has_rotation_policy,
                 vault: wit::VaultFacts { soft_delete: k.vault.soft_delete, purge_protection: k.vault.purge_protection },
             });
-            let mut tags = Vec::with_capacity(input.registries.iter().map(|r| r.tags.len()).sum());
-            let registries = input
-                .registries
-                .iter()
-                .map(|r| {
-                    let first = tags.len() as u32;
-                    tags.extend(r.tags.iter().map(|(k, v)| wit::Tag { name: t.span(k), value: t.span(v) }));
-                    wit::RegistryFacts {
-                        id: t.span(&r.id),
-                        name: t.span(&r.name),
-                        sku: t.span(&r.sku),
-                        location: t.span(&r.location),
-                        encryption_enabled: r.encryption_enabled,
-                        key_identifier: t.opt(r.key_identifier.as_deref()),
-                        versioned_key_identifier: t.opt(r.versioned_key_identifier.as_deref()),
-                        identity: t.opt(r.identity.as_deref()),
-                        key_rotation_enabled: r.key_rotation_enabled,
-                        last_rotation: r.last_rotation.map(secs),
-                        provisioning_state: t.opt(r.provisioning_state.as_deref()),
-                        tags: wit::Span { offset: first, len: r.tags.len() as u32 },
+            let tag_count: usize = input.registries.iter().map(|r| r.tags.len()).sum();
+            let mut tags = Vec::with_capacity(TAG_WORDS * tag_count);
+            let mut rows = Vec::with_capacity(REGISTRY_WORDS * input.registries.len());
+            for r in &input.registries {
+                let first = (tags.len() / TAG_WORDS) as u32;
+                for (k, v) in &r.tags {
+                    t.push(&mut tags, k);
+                    t.push(&mut tags, v);
+                }
+                t.push(&mut rows, &r.id);
+                t.push(&mut rows, &r.name);
+                t.push(&mut rows, &r.sku);
+                t.push(&mut rows, &r.location);
+                let mut flags = 0;
+                if r.encryption_enabled {
+                    flags |= ENCRYPTION_ENABLED;
+                }
+                if r.key_rotation_enabled {
+                    flags |= KEY_ROTATION_ENABLED;
+                }
+                flags |= t.push_opt(&mut rows, r.key_identifier.as_deref(), HAS_KEY_IDENTIFIER);
+                flags |= t.push_opt(&mut rows, r.versioned_key_identifier.as_deref(), HAS_VERSIONED_KEY_IDENTIFIER);
+                flags |= t.push_opt(&mut rows, r.identity.as_deref(), HAS_IDENTITY);
+                flags |= t.push_opt(&mut rows, r.provisioning_state.as_deref(), HAS_PROVISIONING_STATE);
+                rows.extend([first, r.tags.len() as u32]);
+                let last_rotation = match r.last_rotation {
+                    Some(at) => {
+                        flags |= HAS_LAST_ROTATION;
+                        secs(at)
                     }
-                })
-                .collect();
+                    None => 0,
+                };
+                // Two's complement, low word first.
+                rows.extend([last_rotation as u32, (last_rotation >> 32) as u32, flags]);
+            }
+            debug_assert_eq!(rows.len(), REGISTRY_WORDS * input.registries.len());
             let settings = t.span(settings.unwrap_or(&input.settings));
-            if u32::try_from(t.0.len()).is_err() || u32::try_from(tags.len()).is_err() {
+            if u32::try_from(t.0.len()).is_err() || u32::try_from(tag_count).is_err() {
                 return Err(EvalError::Input(format!(
                     "the input's strings take {} bytes; contract 2 addresses at most 4 GiB",
                     t.0.len()
                 )));
             }
-            Ok(Self { strings: t.0, event, now: secs(input.now), key, registries, tags, settings })
+            Ok(Self { strings: t.0, event, now: secs(input.now), key, registries: rows, tags, settings })
         }
 
         /// The contract value, borrowing from `self`.
@@ -375,6 +417,43 @@ mod tests {
                 model::Action::RotateVaultKey { key: key.key_id.clone() },
             ]
         );
+    }
+
+    #[test]
+    fn v2_registry_and_tag_rows_follow_the_documented_layout() {
+        use chrono::TimeZone;
+        let mut input = crate::sample::sample_input(2);
+        let r = &mut input.registries[1];
+        r.last_rotation = Some(chrono::Utc.timestamp_opt(-2, 0).unwrap());
+        r.identity = None;
+        r.provisioning_state = Some("Succeeded".into());
+        let owned = super::v2::Input::new(&input, None).unwrap();
+        let wit = owned.wit();
+        let text = |offset: u32, len: u32| &wit.strings[offset as usize..][..len as usize];
+        assert_eq!(wit.registries.len(), 2 * super::v2::REGISTRY_WORDS);
+        // wit/v2/policy.wit, `policy-input.registries` and `policy-input.tags`.
+        let row = &wit.registries[super::v2::REGISTRY_WORDS..];
+        let r = &input.registries[1];
+        assert_eq!(text(row[0], row[1]), r.id);
+        assert_eq!(text(row[2], row[3]), r.name);
+        assert_eq!(text(row[4], row[5]), r.sku);
+        assert_eq!(text(row[6], row[7]), r.location);
+        assert_eq!(Some(text(row[8], row[9])), r.key_identifier.as_deref());
+        assert_eq!(Some(text(row[10], row[11])), r.versioned_key_identifier.as_deref());
+        assert_eq!((row[12], row[13]), (0, 0));
+        assert_eq!(text(row[14], row[15]), "Succeeded");
+        let (first, count) = (row[16] as usize, row[17] as usize);
+        assert_eq!((first, count), (r.tags.len(), r.tags.len()));
+        assert_eq!((row[18], row[19]), (u32::MAX - 1, u32::MAX));
+        let enc = u32::from(r.encryption_enabled);
+        let rot = u32::from(r.key_rotation_enabled) << 1;
+        assert_eq!(row[20], enc | rot | 1 << 2 | 1 << 3 | 1 << 5 | 1 << 6);
+        let tags: Vec<(&str, &str)> = wit.tags[super::v2::TAG_WORDS * first..][..super::v2::TAG_WORDS * count]
+            .chunks_exact(super::v2::TAG_WORDS)
+            .map(|t| (text(t[0], t[1]), text(t[2], t[3])))
+            .collect();
+        let want: Vec<(&str, &str)> = r.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(tags, want);
     }
 
     #[test]

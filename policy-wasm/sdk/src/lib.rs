@@ -30,11 +30,102 @@ pub use cmkguard::policy::types::{
     Severity, Timestamp, VaultFacts,
 };
 
-/// The contract's input and exports as generated (spans, not strings): what
+/// The contract's input and exports as generated (spans and rows, not strings): what
 /// [`export_policy!`] adapts. Policies use [`Input`] and [`Policy`] instead.
 pub mod raw {
-    pub use crate::cmkguard::policy::types::{EventInfo, KeyFacts, PolicyInput, RegistryFacts, Span, Tag};
+    pub use crate::cmkguard::policy::types::{EventInfo, KeyFacts, PolicyInput, Span};
     pub use crate::exports::cmkguard::policy::evaluator::Guest;
+
+    /// `u32`s per tag row of `PolicyInput::tags`: name span, value span.
+    pub const TAG_WORDS: usize = 4;
+
+    const ENCRYPTION_ENABLED: u32 = 1 << 0;
+    const KEY_ROTATION_ENABLED: u32 = 1 << 1;
+    const HAS_KEY_IDENTIFIER: u32 = 1 << 2;
+    const HAS_VERSIONED_KEY_IDENTIFIER: u32 = 1 << 3;
+    const HAS_IDENTITY: u32 = 1 << 4;
+    const HAS_PROVISIONING_STATE: u32 = 1 << 5;
+    const HAS_LAST_ROTATION: u32 = 1 << 6;
+
+    /// One registry row of `PolicyInput::registries`, decoded (layout: `wit/v2/policy.wit`).
+    #[derive(Debug, Clone, Copy)]
+    pub struct RegistryRow {
+        pub id: Span,
+        pub name: Span,
+        pub sku: Span,
+        pub location: Span,
+        pub encryption_enabled: bool,
+        pub key_identifier: Option<Span>,
+        pub versioned_key_identifier: Option<Span>,
+        pub identity: Option<Span>,
+        pub key_rotation_enabled: bool,
+        pub last_rotation: Option<i64>,
+        pub provisioning_state: Option<Span>,
+        /// (first, count) in tag rows of `PolicyInput::tags`.
+        pub tags: Span,
+    }
+
+    impl RegistryRow {
+        /// `u32`s per registry row.
+        pub const WORDS: usize = 21;
+
+        /// Decodes a row.
+        pub fn read(w: &[u32; Self::WORDS]) -> Self {
+            let flags = w[20];
+            let span = |i: usize| Span { offset: w[i], len: w[i + 1] };
+            let opt = |i: usize, bit: u32| (flags & bit != 0).then(|| span(i));
+            Self {
+                id: span(0),
+                name: span(2),
+                sku: span(4),
+                location: span(6),
+                key_identifier: opt(8, HAS_KEY_IDENTIFIER),
+                versioned_key_identifier: opt(10, HAS_VERSIONED_KEY_IDENTIFIER),
+                identity: opt(12, HAS_IDENTITY),
+                provisioning_state: opt(14, HAS_PROVISIONING_STATE),
+                tags: span(16),
+                last_rotation: (flags & HAS_LAST_ROTATION != 0)
+                    .then(|| (u64::from(w[18]) | (u64::from(w[19]) << 32)) as i64),
+                encryption_enabled: flags & ENCRYPTION_ENABLED != 0,
+                key_rotation_enabled: flags & KEY_ROTATION_ENABLED != 0,
+            }
+        }
+
+        /// Appends the row to `out` (what the host does; for tests and native harnesses).
+        pub fn write(&self, out: &mut Vec<u32>) {
+            let mut flags = 0;
+            let mut opt = |s: Option<Span>, bit: u32| match s {
+                Some(s) => {
+                    flags |= bit;
+                    [s.offset, s.len]
+                }
+                None => [0, 0],
+            };
+            let words = [
+                [self.id.offset, self.id.len],
+                [self.name.offset, self.name.len],
+                [self.sku.offset, self.sku.len],
+                [self.location.offset, self.location.len],
+                opt(self.key_identifier, HAS_KEY_IDENTIFIER),
+                opt(self.versioned_key_identifier, HAS_VERSIONED_KEY_IDENTIFIER),
+                opt(self.identity, HAS_IDENTITY),
+                opt(self.provisioning_state, HAS_PROVISIONING_STATE),
+                [self.tags.offset, self.tags.len],
+            ];
+            let at = self.last_rotation.unwrap_or(0) as u64;
+            if self.last_rotation.is_some() {
+                flags |= HAS_LAST_ROTATION;
+            }
+            if self.encryption_enabled {
+                flags |= ENCRYPTION_ENABLED;
+            }
+            if self.key_rotation_enabled {
+                flags |= KEY_ROTATION_ENABLED;
+            }
+            out.extend(words.into_iter().flatten());
+            out.extend([at as u32, (at >> 32) as u32, flags]);
+        }
+    }
 }
 
 /// The contract version this SDK binds to; report it from `metadata`.
@@ -138,7 +229,8 @@ pub struct Registry<'a> {
 #[derive(Clone, Copy)]
 pub struct Tags<'a> {
     strings: &'a str,
-    tags: &'a [raw::Tag],
+    /// The registry's tag rows ([`raw::TAG_WORDS`] each).
+    rows: &'a [u32],
 }
 
 impl std::fmt::Debug for Tags<'_> {
@@ -151,7 +243,8 @@ impl<'a> Tags<'a> {
     /// (name, value) pairs, in the order the host gave them.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let strings = self.strings;
-        self.tags.iter().map(move |t| (slice(strings, t.name).unwrap_or(""), slice(strings, t.value).unwrap_or("")))
+        let text = move |offset: u32, len: u32| slice(strings, raw::Span { offset, len }).unwrap_or("");
+        self.rows.chunks_exact(raw::TAG_WORDS).map(move |t| (text(t[0], t[1]), text(t[2], t[3])))
     }
 
     /// The value of a tag (names compare case-insensitively, as in Azure).
@@ -160,11 +253,11 @@ impl<'a> Tags<'a> {
     }
 
     pub fn len(&self) -> usize {
-        self.tags.len()
+        self.rows.len() / raw::TAG_WORDS
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tags.is_empty()
+        self.rows.is_empty()
     }
 }
 
@@ -215,12 +308,29 @@ impl<'a> Input<'a> {
             }),
             None => None,
         };
-        let mut registries = Vec::with_capacity(raw.registries.len());
-        for (index, r) in raw.registries.iter().enumerate() {
+        const ROW: usize = raw::RegistryRow::WORDS;
+        if !raw.registries.len().is_multiple_of(ROW) || !raw.tags.len().is_multiple_of(raw::TAG_WORDS) {
+            return Err(format!(
+                "input: {} registry words and {} tag words are not whole rows of {ROW} and {}",
+                raw.registries.len(),
+                raw.tags.len(),
+                raw::TAG_WORDS
+            ));
+        }
+        let mut registries = Vec::with_capacity(raw.registries.len() / ROW);
+        for (index, row) in raw.registries.chunks_exact(ROW).enumerate() {
+            let r = raw::RegistryRow::read(row.try_into().expect("chunks_exact yields whole rows"));
             let start = r.tags.offset as usize;
-            let tags =
-                start.checked_add(r.tags.len as usize).and_then(|end| raw.tags.get(start..end)).ok_or_else(|| {
-                    format!("input: tags {}+{} outside the {} tags", r.tags.offset, r.tags.len, raw.tags.len())
+            let rows = start
+                .checked_add(r.tags.len as usize)
+                .and_then(|end| raw.tags.get(start.checked_mul(raw::TAG_WORDS)?..end.checked_mul(raw::TAG_WORDS)?))
+                .ok_or_else(|| {
+                    format!(
+                        "input: tags {}+{} outside the {} tags",
+                        r.tags.offset,
+                        r.tags.len,
+                        raw.tags.len() / raw::TAG_WORDS
+                    )
                 })?;
             registries.push(Registry {
                 // The host's list has at most u32::MAX entries (its length is a u32).
@@ -236,7 +346,7 @@ impl<'a> Input<'a> {
                 key_rotation_enabled: r.key_rotation_enabled,
                 last_rotation: r.last_rotation,
                 provisioning_state: opt(r.provisioning_state)?,
-                tags: Tags { strings, tags },
+                tags: Tags { strings, rows },
             });
         }
         Ok(Self {
@@ -609,7 +719,7 @@ mod tests {
             event: raw::EventInfo { kind: EventKind::Sweep, id: span(0, 5), time: 1, subject: span(5, 4) },
             now: 2,
             key: None,
-            registries: vec![raw::RegistryFacts {
+            registries: rows(&[raw::RegistryRow {
                 id: span(9, 3),
                 name: span(12, 3),
                 sku: span(0, 0),
@@ -622,25 +732,83 @@ mod tests {
                 last_rotation: None,
                 provisioning_state: None,
                 tags: span(0, 1),
-            }],
-            tags: vec![raw::Tag { name: span(17, 5), value: span(22, 4) }],
+            }]),
+            tags: vec![17, 5, 22, 4],
             settings: span(15, 2),
         };
         let input = Input::new(&raw).unwrap();
         assert_eq!((input.event.id, input.event.subject, input.settings), ("evt-1", "subj", "{}"));
         let r = &input.registries[0];
         assert_eq!((r.index, r.id, r.name, r.tags.get("OWNER")), (0, "reg", "acr", Some("team")));
-        raw.registries[0].tags = span(1, 1);
+        raw.registries[16] = 1;
         assert!(Input::new(&raw).unwrap_err().contains("tags 1+1"));
-        raw.registries[0].tags = span(0, 1);
+        raw.registries[16] = 0;
+        raw.registries.push(0);
+        assert!(Input::new(&raw).unwrap_err().contains("22 registry words"));
+        raw.registries.pop();
         raw.settings = span(20, 10);
         assert!(Input::new(&raw).unwrap_err().contains("span 20+10"));
+    }
+
+    fn rows(registries: &[raw::RegistryRow]) -> Vec<u32> {
+        let mut words = Vec::new();
+        registries.iter().for_each(|r| r.write(&mut words));
+        words
+    }
+
+    #[test]
+    fn registry_rows_follow_the_documented_layout() {
+        let span = |offset, len| raw::Span { offset, len };
+        let row = raw::RegistryRow {
+            id: span(1, 2),
+            name: span(3, 4),
+            sku: span(5, 6),
+            location: span(7, 8),
+            encryption_enabled: true,
+            key_identifier: None,
+            versioned_key_identifier: Some(span(11, 12)),
+            identity: None,
+            key_rotation_enabled: false,
+            last_rotation: Some(-2),
+            provisioning_state: Some(span(15, 16)),
+            tags: span(17, 18),
+        };
+        let words = rows(&[row]);
+        // wit/v2/policy.wit, `policy-input.registries`.
+        assert_eq!(
+            words,
+            [
+                1,
+                2,
+                3,
+                4,
+                5,
+                6,
+                7,
+                8,
+                0,
+                0,
+                11,
+                12,
+                0,
+                0,
+                15,
+                16,
+                17,
+                18,
+                u32::MAX - 1,
+                u32::MAX,
+                1 | 1 << 3 | 1 << 5 | 1 << 6
+            ]
+        );
+        let back = raw::RegistryRow::read(words[..].try_into().unwrap());
+        assert_eq!(format!("{back:?}"), format!("{row:?}"));
     }
 
     #[test]
     fn decisions_name_registries_by_index_and_keep_actions_unique() {
         let span = raw::Span { offset: 0, len: 0 };
-        let facts = raw::RegistryFacts {
+        let facts = raw::RegistryRow {
             id: span,
             name: span,
             sku: span,
@@ -659,7 +827,7 @@ mod tests {
             event: raw::EventInfo { kind: EventKind::Sweep, id: span, time: 0, subject: span },
             now: 0,
             key: None,
-            registries: vec![facts; 3],
+            registries: rows(&[facts; 3]),
             tags: vec![],
             settings: span,
         };
@@ -762,7 +930,7 @@ mod tests {
                 event: raw::EventInfo { kind: EventKind::Sweep, id: span(0), time: 0, subject: span(1) },
                 now: 0,
                 key: None,
-                registries: vec![raw::RegistryFacts {
+                registries: rows(&[raw::RegistryRow {
                     id: span(2),
                     name: span(3),
                     sku: span(4),
@@ -775,7 +943,7 @@ mod tests {
                     last_rotation: None,
                     provisioning_state: None,
                     tags: raw::Span { offset: 0, len: 0 },
-                }],
+                }]),
                 tags: vec![],
                 settings: span(0),
             };
