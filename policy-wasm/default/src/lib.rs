@@ -16,7 +16,7 @@
 
 use cmkguard_policy_sdk::{
     CONTRACT_VERSION, DecisionBuilder, EventKind, Input, Key, KeyRef, Policy, PolicyMetadata, Registry, ResourceRef,
-    RotateTarget, Severity, days_until, parse_severity, severity_name, severity_rank, tag,
+    RotateTarget, Severity, concat, days_until, parse_severity, severity_name, severity_rank, tag,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -143,7 +143,7 @@ impl Ctx<'_> {
         if severity_rank(severity) >= severity_rank(self.cfg.notify_min)
             && let Some(channel) = &self.cfg.channels[severity_rank(severity) as usize]
         {
-            let title = format!("[{}] {rule}: {title}", severity_name(severity));
+            let title = concat(&["[", severity_name(severity), "] ", rule, ": ", title]);
             self.out.notify(channel, severity, title, message.clone());
         }
         self.out.finding(rule, severity, resource, message);
@@ -184,10 +184,17 @@ fn evaluate(cfg: &Config, input: &Input<'_>) -> cmkguard_policy_sdk::Decision {
                 Severity::Critical,
                 (*r).into(),
                 "registry without customer-managed key",
-                format!(
-                    "Registry {} ({}, {}) is not encrypted with a customer-managed key. {why}.",
-                    r.name, r.sku, r.location
-                ),
+                concat(&[
+                    "Registry ",
+                    r.name,
+                    " (",
+                    r.sku,
+                    ", ",
+                    r.location,
+                    ") is not encrypted with a customer-managed key. ",
+                    why,
+                    ".",
+                ]),
             );
         }
     }
@@ -348,10 +355,13 @@ fn registry_key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, registries: &[InScope
                         "CMK004",
                         Severity::Low,
                         *r,
-                        format!(
-                            "Registry {} is pinned to key version {pinned}; a new version exists: rotating.",
-                            r.name
-                        ),
+                        concat(&[
+                            "Registry ",
+                            r.name,
+                            " is pinned to key version ",
+                            pinned,
+                            "; a new version exists: rotating.",
+                        ]),
                     );
                     cx.out.rotate_registry(r, target);
                 } else if cx.cfg.prefer_versionless && (ours || key.is_none()) {
@@ -360,7 +370,13 @@ fn registry_key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, registries: &[InScope
                         "CMK002",
                         Severity::Low,
                         *r,
-                        format!("Registry {} is pinned to key version {pinned}; versionless keys are preferred (it then follows new versions by itself): rotating to versionless.", r.name),
+                        concat(&[
+                            "Registry ",
+                            r.name,
+                            " is pinned to key version ",
+                            pinned,
+                            "; versionless keys are preferred (it then follows new versions by itself): rotating to versionless.",
+                        ]),
                     );
                     cx.out.rotate_registry(r, RotateTarget::Versionless);
                 }
@@ -370,7 +386,11 @@ fn registry_key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, registries: &[InScope
                     "CMK004",
                     Severity::Info,
                     *r,
-                    format!("Registry {} uses the versionless key id and picks up the new version by itself (within about an hour).", r.name),
+                    concat(&[
+                        "Registry ",
+                        r.name,
+                        " uses the versionless key id and picks up the new version by itself (within about an hour).",
+                    ]),
                 );
                 cx.out.audit();
             }

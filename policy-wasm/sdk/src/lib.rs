@@ -392,6 +392,15 @@ pub fn severity_rank(s: Severity) -> u8 {
     s as u8
 }
 
+/// The parts joined into one string: one allocation and copies, none of `format!`'s
+/// machinery (which, per message, costs more than the copying in a policy; BENCHMARKS.md,
+/// "Policy"). For messages built from strings only.
+pub fn concat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|p| s.push_str(p));
+    s
+}
+
 /// Whole days from `now` until `t` (negative when `t` is past), rounded down.
 pub fn days_until(now: Timestamp, t: Timestamp) -> i64 {
     (t - now).div_euclid(DAY)
@@ -409,18 +418,34 @@ impl<'a> KeyRef<'a> {
     /// Parses a key id; `None` when it is not one. Surrounding whitespace and trailing
     /// slashes are ignored, `:443` after the host is dropped.
     pub fn parse(id: &'a str) -> Option<Self> {
-        // Plain byte searches: policies parse a key id per registry and evaluation, and
-        // the iterator-and-pattern version cost ≈ 170 ns a call (BENCHMARKS.md, "Policy").
+        // One pass over the bytes for the slashes: policies parse a key id per registry
+        // and evaluation; the iterator-and-pattern version cost ≈ 170 ns a call, `split_once`
+        // (a `memchr` per slash) still ≈ 140 ns in wasm (BENCHMARKS.md, "Policy").
         let rest = id.trim().strip_prefix("https://")?.trim_end_matches('/');
-        let (mut host, rest) = rest.split_once('/')?;
-        let (keys, rest) = rest.split_once('/')?;
+        let mut slashes = [0usize; 3];
+        let mut found = 0;
+        for (i, b) in rest.bytes().enumerate() {
+            if b == b'/' {
+                if found == slashes.len() {
+                    return None;
+                }
+                slashes[found] = i;
+                found += 1;
+            }
+        }
+        if found < 2 {
+            return None;
+        }
+        // '/' is ASCII: every cut is on a character boundary.
+        let mut host = &rest[..slashes[0]];
+        let keys = &rest[slashes[0] + 1..slashes[1]];
         if host.is_empty() || !keys.eq_ignore_ascii_case("keys") {
             return None;
         }
-        let (name, version) = match rest.split_once('/') {
-            Some((_, v)) if v.contains('/') => return None,
-            Some((n, v)) => (n, Some(v)),
-            None => (rest, None),
+        let (name, version) = if found == 3 {
+            (&rest[slashes[1] + 1..slashes[2]], Some(&rest[slashes[2] + 1..]))
+        } else {
+            (&rest[slashes[1] + 1..], None)
         };
         if name.is_empty() {
             return None;
