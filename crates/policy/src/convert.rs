@@ -180,29 +180,49 @@ pub mod v2 {
 
     /// The model decision for a contract-2 decision: the input resources it names by
     /// position are replaced by their ids from `input` (the input the policy was given).
-    /// A position outside the input is an invalid decision, as an unknown id is; the rest
-    /// is validated separately.
+    /// A position outside the input is an invalid decision, as an unknown id is, and so is
+    /// a registry or key whose id does not parse (as with contract 1, where such an id
+    /// matches nothing). The rest is checked by `validate_resolved`, which relies on this.
     pub fn decision(d: wit::Decision, input: &model::PolicyInput) -> Result<model::Decision, EvalError> {
-        let registry = |i: u32, what: &dyn Fn() -> String| {
-            input.registries.get(i as usize).map(|r| r.id.clone()).ok_or_else(|| {
-                EvalError::InvalidDecision(format!(
-                    "{} names registry {i}, but the input has {} registries",
-                    what(),
-                    input.registries.len()
-                ))
-            })
+        // Whether each registry's id parses, checked once per registry named.
+        let mut valid: Vec<Option<bool>> = Vec::new();
+        let mut registry = |i: u32, what: &dyn Fn() -> String| {
+            let invalid = |why: String| EvalError::InvalidDecision(format!("{} names registry {i}, {why}", what()));
+            let r = input
+                .registries
+                .get(i as usize)
+                .ok_or_else(|| invalid(format!("but the input has {} registries", input.registries.len())))?;
+            if valid.is_empty() {
+                valid.resize(input.registries.len(), None);
+            }
+            if !*valid[i as usize].get_or_insert_with(|| model::ResourceId::is_valid(&r.id)) {
+                return Err(invalid(format!("whose id {:?} is not a resource id", r.id)));
+            }
+            Ok(r.id.clone())
         };
         let key = |what: &dyn Fn() -> String| {
             input.key.as_ref().ok_or_else(|| {
                 EvalError::InvalidDecision(format!("{} names the key, but the input has no key", what()))
             })
         };
+        let key_id_parses = std::cell::OnceCell::new();
+        let key_id = |what: &dyn Fn() -> String| {
+            let k = key(what)?;
+            if !*key_id_parses.get_or_init(|| model::KeyId::parse(&k.key_id).is_ok()) {
+                return Err(EvalError::InvalidDecision(format!(
+                    "{} names the key, whose id {:?} is not a key id",
+                    what(),
+                    k.key_id
+                )));
+            }
+            Ok(k.key_id.clone())
+        };
         let mut findings = Vec::with_capacity(d.findings.len());
         for (i, f) in d.findings.into_iter().enumerate() {
             let what = || format!("finding {i} ({})", f.rule_id);
             let resource = match f.resource {
                 wit::ResourceRef::Registry(r) => registry(r, &what)?,
-                wit::ResourceRef::Key => key(&what)?.key_id.clone(),
+                wit::ResourceRef::Key => key_id(&what)?,
                 wit::ResourceRef::Vault => key(&what)?.vault_uri.clone(),
             };
             findings.push(model::Finding {
@@ -220,9 +240,9 @@ pub mod v2 {
                     registry: registry(r.registry, &|| format!("action {i} (rotate-registry-key)"))?,
                     target: rotate_target(r.target),
                 },
-                wit::Action::RotateVaultKey => model::Action::RotateVaultKey {
-                    key: key(&|| format!("action {i} (rotate-vault-key)"))?.key_id.clone(),
-                },
+                wit::Action::RotateVaultKey => {
+                    model::Action::RotateVaultKey { key: key_id(&|| format!("action {i} (rotate-vault-key)"))? }
+                }
                 wit::Action::Notify(n) => model::Action::Notify {
                     channel: n.channel,
                     severity: severity(n.severity),
@@ -480,6 +500,12 @@ mod tests {
             &input,
         );
         assert!(m.contains("action 1 (rotate-registry-key) names registry 4294967295"), "{m}");
+        input.registries[0].id = "acr00".into();
+        let m = refused(one(finding(wit::ResourceRef::Registry(0))), &input);
+        assert!(m.contains("names registry 0, whose id \"acr00\" is not a resource id"), "{m}");
+        input.key.as_mut().unwrap().key_id = "acr-cmk".into();
+        let m = refused(wit::Decision { findings: vec![], actions: vec![wit::Action::RotateVaultKey] }, &input);
+        assert!(m.contains("whose id \"acr-cmk\" is not a key id"), "{m}");
         input.key = None;
         let m = refused(one(finding(wit::ResourceRef::Vault)), &input);
         assert!(m.contains("names the key, but the input has no key"), "{m}");
