@@ -1,10 +1,12 @@
 //! The decision validator (`cmkguard_model::validate`): an arbitrary decision against a
 //! fixture policy input (sometimes with fuzzed ids). Beyond "no panic": whatever it
-//! accepts only touches resources the input names, and stays within the limits.
+//! accepts only touches resources the input names, and stays within the limits; and on a
+//! decision shaped like a resolved contract-2 decision (every resource one of the input's
+//! own ids, each of which parses) `validate_resolved` agrees with `validate`.
 #![no_main]
 
 use arbitrary::{Arbitrary, Result, Unstructured};
-use cmkguard_model::validate::{DecisionLimits, validate};
+use cmkguard_model::validate::{DecisionLimits, validate, validate_resolved};
 use cmkguard_model::{Action, Decision, Finding, KeyId, PolicyInput, ResourceId, RotateTarget, Severity};
 use libfuzzer_sys::fuzz_target;
 
@@ -85,6 +87,20 @@ fn input_keys(input: &PolicyInput) -> Vec<KeyId> {
     raw.into_iter().filter_map(|k| KeyId::parse(k).ok()).collect()
 }
 
+/// What the contract-2 conversion hands `validate_resolved`: every finding resource, rotated
+/// registry and rotated key is one of the input's ids verbatim, and those ids parse.
+fn resolved_like(decision: &Decision, input: &PolicyInput) -> bool {
+    let registry = |id: &str| input.registries.iter().any(|r| r.id == id) && ResourceId::is_valid(id);
+    let key = |id: &str| input.key.as_ref().is_some_and(|k| k.key_id == id) && KeyId::parse(id).is_ok();
+    let vault = |id: &str| input.key.as_ref().is_some_and(|k| k.vault_uri == id);
+    decision.findings.iter().all(|f| registry(&f.resource) || key(&f.resource) || vault(&f.resource))
+        && decision.actions.iter().all(|a| match a {
+            Action::RotateRegistryKey { registry: r, .. } => registry(r),
+            Action::RotateVaultKey { key: k } => key(k),
+            Action::Audit | Action::Notify { .. } => true,
+        })
+}
+
 fn run(u: &mut Unstructured<'_>) -> Result<()> {
     let fixtures = cmkguard_fuzz::fixture_inputs();
     let mut input = u.choose(fixtures)?.clone();
@@ -105,7 +121,15 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
     let pool = input_ids(&input);
     let decision = decision(u, &pool)?;
     let limits = DecisionLimits::default();
-    if validate(&decision, &input, &limits).is_err() {
+    let accepted = validate(&decision, &input, &limits).is_ok();
+    if resolved_like(&decision, &input) {
+        assert_eq!(
+            validate_resolved(&decision, &input, &limits).is_ok(),
+            accepted,
+            "validate and validate_resolved disagree on {decision:?}"
+        );
+    }
+    if !accepted {
         return Ok(());
     }
     let registries: Vec<ResourceId> = input.registries.iter().filter_map(|r| ResourceId::parse(&r.id).ok()).collect();

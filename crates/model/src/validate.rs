@@ -141,76 +141,127 @@ impl<'a> InScope<'a> {
 
 /// Checks `decision` against `input`; the error says which item was refused and why.
 pub fn validate(decision: &Decision, input: &PolicyInput, limits: &DecisionLimits) -> Result<(), String> {
+    check_counts(decision, limits)?;
+    if decision.findings.is_empty() && decision.actions.iter().all(|a| matches!(a, Action::Audit)) {
+        return Ok(());
+    }
+    let scope = InScope::new(input);
+    for (i, f) in decision.findings.iter().enumerate() {
+        check_finding(i, f, limits)?;
+        if !scope.has_resource(&f.resource) {
+            return Err(format!("finding {i} ({}) is about {:?}, which is not in the input", f.rule_id, f.resource));
+        }
+    }
+    let key = || scope.key();
+    for (i, a) in decision.actions.iter().enumerate() {
+        check_action(i, a, input, limits, &key, || &scope, Some(&scope))?;
+    }
+    Ok(())
+}
+
+/// Checks a decision whose resources the host itself copied from `input`: contract 2
+/// names a finding's resource, a rotated registry and a rotated key by their position in
+/// the input, and the host resolved those positions into the input's ids
+/// (`cmkguard_policy`'s contract-2 conversion, which also checks that the ids it hands
+/// out parse). Membership holds by construction, so this skips the id comparisons of
+/// [`validate`] (which cost more than the rest of the host's work on a decision) and
+/// checks everything else as `validate` does: counts, sizes, rule ids, channel names, an
+/// explicit `key-id` rotate target (a string the policy wrote) and that a rotation has a
+/// key to rotate to. Calling it on any other decision skips a check that matters.
+pub fn validate_resolved(decision: &Decision, input: &PolicyInput, limits: &DecisionLimits) -> Result<(), String> {
+    check_counts(decision, limits)?;
+    for (i, f) in decision.findings.iter().enumerate() {
+        check_finding(i, f, limits)?;
+    }
+    // Built only for what needs it: a `key-id` target, or a rotation without a usable key.
+    let scope = OnceCell::new();
+    let scope = || scope.get_or_init(|| InScope::new(input));
+    let key = OnceCell::new();
+    let key = || key.get_or_init(|| input.key.as_ref().and_then(|k| KeyId::parse(&k.key_id).ok())).as_ref();
+    for (i, a) in decision.actions.iter().enumerate() {
+        check_action(i, a, input, limits, &key, scope, None)?;
+    }
+    Ok(())
+}
+
+fn check_counts(decision: &Decision, limits: &DecisionLimits) -> Result<(), String> {
     if decision.findings.len() > limits.max_findings {
         return Err(format!("{} findings (at most {})", decision.findings.len(), limits.max_findings));
     }
     if decision.actions.len() > limits.max_actions {
         return Err(format!("{} actions (at most {})", decision.actions.len(), limits.max_actions));
     }
-    if decision.findings.is_empty() && decision.actions.iter().all(|a| matches!(a, Action::Audit)) {
-        return Ok(());
+    Ok(())
+}
+
+/// A finding's fields (not its resource).
+fn check_finding(i: usize, f: &crate::Finding, limits: &DecisionLimits) -> Result<(), String> {
+    let at = |field: &str| format!("finding {i} {field}");
+    if f.rule_id.trim().is_empty() {
+        return Err(format!("finding {i} has an empty rule id"));
     }
-    let scope = InScope::new(input);
-    for (i, f) in decision.findings.iter().enumerate() {
-        let at = |field: &str| format!("finding {i} {field}");
-        if f.rule_id.trim().is_empty() {
-            return Err(format!("finding {i} has an empty rule id"));
+    check_len(|| at("rule id"), &f.rule_id, limits.max_short)?;
+    check_len(|| at("resource"), &f.resource, limits.max_id)?;
+    check_len(|| at("message"), &f.message, limits.max_text)
+}
+
+/// An action; `membership` (the scope of [`validate`]) also checks that a rotated
+/// registry or key is in the input, `None` when the host resolved them from the input
+/// ([`validate_resolved`]). `key`: the input's key, parsed.
+fn check_action<'s, 'a: 's>(
+    i: usize,
+    a: &Action,
+    input: &PolicyInput,
+    limits: &DecisionLimits,
+    key: &dyn Fn() -> Option<&'s KeyId>,
+    scope: impl Fn() -> &'s InScope<'a>,
+    membership: Option<&InScope<'_>>,
+) -> Result<(), String> {
+    match a {
+        Action::Audit => {}
+        Action::RotateRegistryKey { registry, target } => {
+            check_len(|| format!("action {i} registry"), registry, limits.max_id)?;
+            if membership.is_some_and(|m| !m.has_registry(registry)) {
+                return Err(format!(
+                    "action {i} (rotate-registry-key) targets registry {registry:?}, which is not in the input"
+                ));
+            }
+            if let RotateTarget::KeyId(k) = target {
+                check_len(|| format!("action {i} key id"), k, limits.max_id)?;
+                if !scope().has_key(k) {
+                    return Err(format!(
+                        "action {i} (rotate-registry-key) points {registry:?} at key {k:?}, which is not in the input"
+                    ));
+                }
+            }
+            if matches!(target, RotateTarget::LatestVersion | RotateTarget::Versionless) && key().is_none() {
+                let registry_has_key = input.registries.iter().any(|r| {
+                    ResourceId::parse(&r.id).ok() == ResourceId::parse(registry).ok() && r.key_identifier.is_some()
+                });
+                if !registry_has_key {
+                    return Err(format!(
+                        "action {i} (rotate-registry-key) for {registry:?}: no key in the input to rotate to"
+                    ));
+                }
+            }
         }
-        check_len(|| at("rule id"), &f.rule_id, limits.max_short)?;
-        check_len(|| at("resource"), &f.resource, limits.max_id)?;
-        check_len(|| at("message"), &f.message, limits.max_text)?;
-        if !scope.has_resource(&f.resource) {
-            return Err(format!("finding {i} ({}) is about {:?}, which is not in the input", f.rule_id, f.resource));
+        Action::RotateVaultKey { key: k } => {
+            check_len(|| format!("action {i} key"), k, limits.max_id)?;
+            let exact = input.key.as_ref().is_some_and(|x| x.key_id == *k) && key().is_some();
+            let ok =
+                exact || (membership.is_some() && KeyId::parse(k).is_ok_and(|k| key().is_some_and(|x| x.same_key(&k))));
+            if !ok {
+                return Err(format!("action {i} (rotate-vault-key) targets key {k:?}, which is not the input's key"));
+            }
         }
-    }
-    for (i, a) in decision.actions.iter().enumerate() {
-        match a {
-            Action::Audit => {}
-            Action::RotateRegistryKey { registry, target } => {
-                check_len(|| format!("action {i} registry"), registry, limits.max_id)?;
-                if !scope.has_registry(registry) {
-                    return Err(format!(
-                        "action {i} (rotate-registry-key) targets registry {registry:?}, which is not in the input"
-                    ));
-                }
-                if let RotateTarget::KeyId(k) = target {
-                    check_len(|| format!("action {i} key id"), k, limits.max_id)?;
-                    if !scope.has_key(k) {
-                        return Err(format!(
-                            "action {i} (rotate-registry-key) points {registry:?} at key {k:?}, which is not in the input"
-                        ));
-                    }
-                }
-                if matches!(target, RotateTarget::LatestVersion | RotateTarget::Versionless) && scope.key().is_none() {
-                    let registry_has_key = input.registries.iter().any(|r| {
-                        ResourceId::parse(&r.id).ok() == ResourceId::parse(registry).ok() && r.key_identifier.is_some()
-                    });
-                    if !registry_has_key {
-                        return Err(format!(
-                            "action {i} (rotate-registry-key) for {registry:?}: no key in the input to rotate to"
-                        ));
-                    }
-                }
+        Action::Notify { channel, title, text, .. } => {
+            if !valid_channel(channel) {
+                return Err(format!(
+                    "action {i} (notify) names channel {channel:?}: letters, digits, - and _ only, at most 64"
+                ));
             }
-            Action::RotateVaultKey { key } => {
-                check_len(|| format!("action {i} key"), key, limits.max_id)?;
-                let exact = input.key.as_ref().is_some_and(|k| k.key_id == *key) && scope.key().is_some();
-                let ok = exact || KeyId::parse(key).is_ok_and(|k| scope.key().is_some_and(|x| x.same_key(&k)));
-                if !ok {
-                    return Err(format!(
-                        "action {i} (rotate-vault-key) targets key {key:?}, which is not the input's key"
-                    ));
-                }
-            }
-            Action::Notify { channel, title, text, .. } => {
-                if !valid_channel(channel) {
-                    return Err(format!(
-                        "action {i} (notify) names channel {channel:?}: letters, digits, - and _ only, at most 64"
-                    ));
-                }
-                check_len(|| format!("action {i} title"), title, limits.max_short)?;
-                check_len(|| format!("action {i} text"), text, limits.max_text)?;
-            }
+            check_len(|| format!("action {i} title"), title, limits.max_short)?;
+            check_len(|| format!("action {i} text"), text, limits.max_text)?;
         }
     }
     Ok(())

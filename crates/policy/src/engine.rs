@@ -18,7 +18,7 @@ use crate::bindings_v2::cmkguard::policy::log as log_v2;
 use crate::bindings_v2::{Policy as BindingsV2, PolicyPre as PolicyPreV2};
 use crate::cache::ArtifactCache;
 use crate::error::{EvalError, LoadError};
-use crate::validate::{DecisionLimits, validate};
+use crate::validate::{DecisionLimits, validate, validate_resolved};
 
 /// The contract version of new policies (`wit/v2`): what the SDK and the built-in
 /// policies are built against.
@@ -444,6 +444,7 @@ impl Policy {
     /// Evaluates; `settings` overrides the input's settings when given. The decision is
     /// validated against the input.
     pub fn evaluate_with(&self, input: &PolicyInput, settings: Option<&str>) -> Result<Decision, EvalError> {
+        let limits = &self.engine.inner.limits.decision;
         let decision = match &self.pre {
             Pre::V1(pre) => {
                 let tags = crate::convert::Tags::of(input);
@@ -458,10 +459,14 @@ impl Policy {
                 let wit_input = owned.wit();
                 let evaluate = EvaluateV2 { pre, index: evaluate, input: std::marker::PhantomData };
                 let raw = self.call(&evaluate, |f, store| f.call(store, (wit_input,)).map(|(r,)| r))?;
-                crate::convert::v2::decision(raw.map_err(|m| EvalError::Policy(truncate(m, 2048)))?)
+                let decision =
+                    crate::convert::v2::decision(raw.map_err(|m| EvalError::Policy(truncate(m, 2048)))?, input)?;
+                // Its resources were copied from the input (and checked) by the conversion.
+                validate_resolved(&decision, input, limits).map_err(EvalError::InvalidDecision)?;
+                return Ok(decision);
             }
         };
-        validate(&decision, input, &self.engine.inner.limits.decision).map_err(EvalError::InvalidDecision)?;
+        validate(&decision, input, limits).map_err(EvalError::InvalidDecision)?;
         Ok(decision)
     }
 

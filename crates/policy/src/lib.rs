@@ -9,7 +9,8 @@
 //! - [`validate`]: the host's checks of every decision.
 //!
 //! The contract is `wit/` at the workspace root: `cmkguard:policy@2.0.0` (`wit/v2`, the
-//! input's strings in one string table) for new policies, and `@1.0.0` (`wit/policy.wit`,
+//! input's strings in one string table, decisions naming input resources by position)
+//! for new policies, and `@1.0.0` (`wit/policy.wit`,
 //! one string per field), which the host keeps loading and running.
 
 pub mod cache;

@@ -64,6 +64,52 @@ mod tests {
     }
 
     #[test]
+    fn resolved_decisions_skip_membership_but_nothing_else() {
+        let input = input();
+        let key = input.key.as_ref().unwrap();
+        let limits = DecisionLimits::default();
+        let run = |findings, actions| validate_resolved(&Decision { findings, actions }, &input, &limits);
+        let f = |resource: &str, message: String| Finding {
+            rule_id: "X1".into(),
+            severity: Severity::Low,
+            resource: resource.into(),
+            message,
+        };
+        let rotate = |target| Action::RotateRegistryKey { registry: REG.into(), target };
+        assert_eq!(
+            run(
+                vec![f(REG, "ok".into()), f(&key.key_id, "ok".into()), f(&key.vault_uri, "ok".into())],
+                vec![Action::Audit, rotate(RotateTarget::Versionless), Action::RotateVaultKey { key: KEY.into() }]
+            ),
+            Ok(())
+        );
+        // Everything but membership is still checked.
+        assert!(run(vec![f(REG, "m".repeat(9000))], vec![]).unwrap_err().contains("at most 8192"));
+        assert!(run(vec![f(REG, String::new()); 1001], vec![]).unwrap_err().contains("1001 findings"));
+        let mut empty_rule = f(REG, "m".into());
+        empty_rule.rule_id = " ".into();
+        assert!(run(vec![empty_rule], vec![]).unwrap_err().contains("empty rule id"));
+        let evil = "https://evil.vault.azure.net/keys/acr-cmk".to_owned();
+        let e = run(vec![], vec![rotate(RotateTarget::KeyId(evil.clone()))]).unwrap_err();
+        assert!(e.contains("evil.vault"), "{e}");
+        let e = run(vec![], vec![Action::RotateVaultKey { key: evil }]).unwrap_err();
+        assert!(e.contains("not the input's key"), "{e}");
+        let notify = Action::Notify {
+            channel: "https://hooks.example/x".into(),
+            severity: Severity::High,
+            title: "t".into(),
+            text: "x".into(),
+        };
+        assert!(run(vec![], vec![notify]).unwrap_err().contains("channel"));
+        let mut keyless = input.clone();
+        keyless.key = None;
+        keyless.registries.iter_mut().for_each(|r| r.key_identifier = None);
+        let d = Decision { findings: vec![], actions: vec![rotate(RotateTarget::LatestVersion)] };
+        assert!(validate_resolved(&d, &keyless, &limits).unwrap_err().contains("no key in the input to rotate to"));
+        assert_eq!(validate_resolved(&d, &keyless, &limits), validate(&d, &keyless, &limits));
+    }
+
+    #[test]
     fn findings_must_name_input_resources_and_stay_small() {
         let f = |resource: &str, message: String| Finding {
             rule_id: "X1".into(),

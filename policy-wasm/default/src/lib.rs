@@ -15,8 +15,8 @@
 //! key itself is unhealthy (CMK005–CMK007) no registry is rotated onto it.
 
 use cmkguard_policy_sdk::{
-    CONTRACT_VERSION, DecisionBuilder, EventKind, Input, Key, KeyRef, Policy, PolicyMetadata, Registry, RotateTarget,
-    Severity, days_until, parse_severity, severity_name, severity_rank, tag,
+    CONTRACT_VERSION, DecisionBuilder, EventKind, Input, Key, KeyRef, Policy, PolicyMetadata, Registry, ResourceRef,
+    RotateTarget, Severity, concat, days_until, parse_severity, severity_name, severity_rank, tag,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -139,11 +139,11 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn report(&mut self, rule: &str, severity: Severity, resource: &str, title: &str, message: String) {
+    fn report(&mut self, rule: &str, severity: Severity, resource: ResourceRef, title: &str, message: String) {
         if severity_rank(severity) >= severity_rank(self.cfg.notify_min)
             && let Some(channel) = &self.cfg.channels[severity_rank(severity) as usize]
         {
-            let title = format!("[{}] {rule}: {title}", severity_name(severity));
+            let title = concat(&["[", severity_name(severity), "] ", rule, ": ", title]);
             self.out.notify(channel, severity, title, message.clone());
         }
         self.out.finding(rule, severity, resource, message);
@@ -182,12 +182,19 @@ fn evaluate(cfg: &Config, input: &Input<'_>) -> cmkguard_policy_sdk::Decision {
             cx.report(
                 "CMK001",
                 Severity::Critical,
-                &r.id,
+                (*r).into(),
                 "registry without customer-managed key",
-                format!(
-                    "Registry {} ({}, {}) is not encrypted with a customer-managed key. {why}.",
-                    r.name, r.sku, r.location
-                ),
+                concat(&[
+                    "Registry ",
+                    r.name,
+                    " (",
+                    r.sku,
+                    ", ",
+                    r.location,
+                    ") is not encrypted with a customer-managed key. ",
+                    why,
+                    ".",
+                ]),
             );
         }
     }
@@ -212,7 +219,7 @@ fn evaluate(cfg: &Config, input: &Input<'_>) -> cmkguard_policy_sdk::Decision {
 fn key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, key: &Key<'_>, registries: &[InScope<'_>]) -> bool {
     let kind = input.event.kind;
     let now = input.now;
-    let Some(kref) = KeyRef::parse(&key.key_id) else {
+    let Some(kref) = KeyRef::parse(key.key_id) else {
         return false;
     };
     let users: Vec<&str> =
@@ -227,7 +234,7 @@ fn key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, key: &Key<'_>, registries: &[I
         cx.report(
             "CMK005",
             Severity::Critical,
-            &key.key_id,
+            ResourceRef::Key,
             "key expired",
             format!("Key {} in {} has expired; registries using it ({used_by}) cannot read their content. Create a new key version and rotate them.", key.name, key.vault_uri),
         );
@@ -241,18 +248,18 @@ fn key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, key: &Key<'_>, registries: &[I
         cx.report(
             "CMK003",
             Severity::Medium,
-            &key.key_id,
+            ResourceRef::Key,
             "key near expiry",
             format!("Key {} in {} expires in {days} day(s); used by: {used_by}.", key.name, key.vault_uri),
         );
         if cx.cfg.rotate_vault_key && key.enabled {
-            cx.out.rotate_vault_key(&key.key_id);
+            cx.out.rotate_vault_key();
         }
     } else if kind == EventKind::KeyNearExpiry {
         cx.report(
             "CMK003",
             Severity::Medium,
-            &key.key_id,
+            ResourceRef::Key,
             "key near expiry",
             format!(
                 "Key Vault reports key {} in {} near expiry (expiry date unknown); used by: {used_by}.",
@@ -267,7 +274,7 @@ fn key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, key: &Key<'_>, registries: &[I
         cx.report(
             "CMK006",
             Severity::Critical,
-            &key.key_id,
+            ResourceRef::Key,
             "key disabled",
             format!(
                 "Key {} in {} is disabled; registries using it ({used_by}) cannot read their content.",
@@ -282,7 +289,7 @@ fn key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, key: &Key<'_>, registries: &[I
         cx.report(
             "CMK007",
             Severity::Critical,
-            &key.key_id,
+            ResourceRef::Key,
             "key is not RSA",
             format!(
                 "Key {} in {} is {}; container registry encryption needs RSA or RSA-HSM.",
@@ -307,7 +314,7 @@ fn key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, key: &Key<'_>, registries: &[I
         cx.report(
             "CMK008",
             Severity::High,
-            &key.vault_uri,
+            ResourceRef::Vault,
             "vault can lose the key",
             format!(
                 "Vault {} has no {}: a deleted key (and every registry using it: {used_by}) could be lost for good.",
@@ -319,7 +326,7 @@ fn key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, key: &Key<'_>, registries: &[I
         cx.report(
             "CMK008",
             Severity::Low,
-            &key.vault_uri,
+            ResourceRef::Vault,
             "vault protection not confirmed",
             format!("Could not confirm {} on vault {}.", unknown.join(" and "), key.vault_uri),
         );
@@ -330,12 +337,12 @@ fn key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, key: &Key<'_>, registries: &[I
 fn registry_key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, registries: &[InScope<'_>]) {
     let kind = input.event.kind;
     let key = input.key.as_ref();
-    let kref = key.and_then(|k| KeyRef::parse(&k.key_id));
+    let kref = key.and_then(|k| KeyRef::parse(k.key_id));
     for InScope { r, key: configured } in registries.iter().filter(|s| s.r.encryption_enabled) {
         let Some(configured) = configured else {
             continue;
         };
-        let ours = kref.as_ref().is_some_and(|k| k.same_key(&configured));
+        let ours = kref.as_ref().is_some_and(|k| k.same_key(configured));
         match configured.version {
             Some(pinned) => {
                 let outdated =
@@ -347,30 +354,43 @@ fn registry_key_rules(cx: &mut Ctx<'_>, input: &Input<'_>, registries: &[InScope
                     cx.out.finding(
                         "CMK004",
                         Severity::Low,
-                        &r.id,
-                        format!(
-                            "Registry {} is pinned to key version {pinned}; a new version exists: rotating.",
-                            r.name
-                        ),
+                        *r,
+                        concat(&[
+                            "Registry ",
+                            r.name,
+                            " is pinned to key version ",
+                            pinned,
+                            "; a new version exists: rotating.",
+                        ]),
                     );
-                    cx.out.rotate_registry(&r.id, target);
+                    cx.out.rotate_registry(r, target);
                 } else if cx.cfg.prefer_versionless && (ours || key.is_none()) {
                     // CMK002: pinned while versionless is preferred.
                     cx.out.finding(
                         "CMK002",
                         Severity::Low,
-                        &r.id,
-                        format!("Registry {} is pinned to key version {pinned}; versionless keys are preferred (it then follows new versions by itself): rotating to versionless.", r.name),
+                        *r,
+                        concat(&[
+                            "Registry ",
+                            r.name,
+                            " is pinned to key version ",
+                            pinned,
+                            "; versionless keys are preferred (it then follows new versions by itself): rotating to versionless.",
+                        ]),
                     );
-                    cx.out.rotate_registry(&r.id, RotateTarget::Versionless);
+                    cx.out.rotate_registry(r, RotateTarget::Versionless);
                 }
             }
             None if kind == EventKind::KeyNewVersionCreated && ours => {
                 cx.out.finding(
                     "CMK004",
                     Severity::Info,
-                    &r.id,
-                    format!("Registry {} uses the versionless key id and picks up the new version by itself (within about an hour).", r.name),
+                    *r,
+                    concat(&[
+                        "Registry ",
+                        r.name,
+                        " uses the versionless key id and picks up the new version by itself (within about an hour).",
+                    ]),
                 );
                 cx.out.audit();
             }

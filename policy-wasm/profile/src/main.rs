@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use cmkguard_default_policy::DefaultPolicy;
-use cmkguard_policy_sdk::raw::{EventInfo, KeyFacts, PolicyInput, RegistryFacts, Span, Tag};
+use cmkguard_policy_sdk::raw::{EventInfo, KeyFacts, PolicyInput, RegistryRow, Span, TAG_WORDS};
 use cmkguard_policy_sdk::{EventKind, Input, Policy, VaultFacts};
 
 struct Table(String);
@@ -53,10 +53,12 @@ fn sample(n: usize) -> PolicyInput {
     let registries = (0..n)
         .map(|i| {
             let kid = if i % 2 == 0 { key.clone() } else { format!("{key}/0f1e2d3c4b5a69788796a5b4c3d2e1f0") };
-            let first = tags.len() as u32;
-            tags.push(Tag { name: t.span("owner"), value: t.span(&format!("team-{}", i % 3)) });
-            tags.push(Tag { name: t.span("env"), value: t.span("prod") });
-            RegistryFacts {
+            let first = (tags.len() / TAG_WORDS) as u32;
+            for (name, value) in [("owner", format!("team-{}", i % 3)), ("env", "prod".to_owned())] {
+                let (name, value) = (t.span(name), t.span(&value));
+                tags.extend([name.offset, name.len, value.offset, value.len]);
+            }
+            RegistryRow {
                 id: t.span(&format!(
                     "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-acr/providers/Microsoft.ContainerRegistry/registries/acr{i:02}"
                 )),
@@ -73,7 +75,10 @@ fn sample(n: usize) -> PolicyInput {
                 tags: Span { offset: first, len: 2 },
             }
         })
-        .collect();
+        .fold(Vec::new(), |mut words, row: RegistryRow| {
+            row.write(&mut words);
+            words
+        });
     let settings = t.span("{}");
     PolicyInput { strings: t.0, event, now, key: Some(key_facts), registries, tags, settings }
 }

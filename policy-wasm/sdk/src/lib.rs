@@ -11,7 +11,10 @@
 //! ```
 //!
 //! Contract 2 passes the input's strings as one string plus spans (see `wit/v2`);
-//! [`Input`] resolves them, so a policy reads `registry.id` as a `&str` as before.
+//! [`Input`] resolves them, so a policy reads `registry.id` as a `&str` as before. Its
+//! decisions name input resources by position: [`DecisionBuilder`] takes the
+//! [`Registry`] (which knows its index), [`ResourceRef::Key`] or [`ResourceRef::Vault`]
+//! where version 1 took an id string.
 
 wit_bindgen::generate!({
     path: "../../wit/v2",
@@ -23,15 +26,106 @@ wit_bindgen::generate!({
 
 pub use cmkguard::policy::log::Level;
 pub use cmkguard::policy::types::{
-    Action, Decision, EventKind, Finding, Notify, PolicyMetadata, RotateRegistryKey, RotateTarget, RotateVaultKey,
+    Action, Decision, EventKind, Finding, Notify, PolicyMetadata, ResourceRef, RotateRegistryKey, RotateTarget,
     Severity, Timestamp, VaultFacts,
 };
 
-/// The contract's input and exports as generated (spans, not strings): what
+/// The contract's input and exports as generated (spans and rows, not strings): what
 /// [`export_policy!`] adapts. Policies use [`Input`] and [`Policy`] instead.
 pub mod raw {
-    pub use crate::cmkguard::policy::types::{EventInfo, KeyFacts, PolicyInput, RegistryFacts, Span, Tag};
+    pub use crate::cmkguard::policy::types::{EventInfo, KeyFacts, PolicyInput, Span};
     pub use crate::exports::cmkguard::policy::evaluator::Guest;
+
+    /// `u32`s per tag row of `PolicyInput::tags`: name span, value span.
+    pub const TAG_WORDS: usize = 4;
+
+    const ENCRYPTION_ENABLED: u32 = 1 << 0;
+    const KEY_ROTATION_ENABLED: u32 = 1 << 1;
+    const HAS_KEY_IDENTIFIER: u32 = 1 << 2;
+    const HAS_VERSIONED_KEY_IDENTIFIER: u32 = 1 << 3;
+    const HAS_IDENTITY: u32 = 1 << 4;
+    const HAS_PROVISIONING_STATE: u32 = 1 << 5;
+    const HAS_LAST_ROTATION: u32 = 1 << 6;
+
+    /// One registry row of `PolicyInput::registries`, decoded (layout: `wit/v2/policy.wit`).
+    #[derive(Debug, Clone, Copy)]
+    pub struct RegistryRow {
+        pub id: Span,
+        pub name: Span,
+        pub sku: Span,
+        pub location: Span,
+        pub encryption_enabled: bool,
+        pub key_identifier: Option<Span>,
+        pub versioned_key_identifier: Option<Span>,
+        pub identity: Option<Span>,
+        pub key_rotation_enabled: bool,
+        pub last_rotation: Option<i64>,
+        pub provisioning_state: Option<Span>,
+        /// (first, count) in tag rows of `PolicyInput::tags`.
+        pub tags: Span,
+    }
+
+    impl RegistryRow {
+        /// `u32`s per registry row.
+        pub const WORDS: usize = 21;
+
+        /// Decodes a row.
+        pub fn read(w: &[u32; Self::WORDS]) -> Self {
+            let flags = w[20];
+            let span = |i: usize| Span { offset: w[i], len: w[i + 1] };
+            let opt = |i: usize, bit: u32| (flags & bit != 0).then(|| span(i));
+            Self {
+                id: span(0),
+                name: span(2),
+                sku: span(4),
+                location: span(6),
+                key_identifier: opt(8, HAS_KEY_IDENTIFIER),
+                versioned_key_identifier: opt(10, HAS_VERSIONED_KEY_IDENTIFIER),
+                identity: opt(12, HAS_IDENTITY),
+                provisioning_state: opt(14, HAS_PROVISIONING_STATE),
+                tags: span(16),
+                last_rotation: (flags & HAS_LAST_ROTATION != 0)
+                    .then(|| (u64::from(w[18]) | (u64::from(w[19]) << 32)) as i64),
+                encryption_enabled: flags & ENCRYPTION_ENABLED != 0,
+                key_rotation_enabled: flags & KEY_ROTATION_ENABLED != 0,
+            }
+        }
+
+        /// Appends the row to `out` (what the host does; for tests and native harnesses).
+        pub fn write(&self, out: &mut Vec<u32>) {
+            let mut flags = 0;
+            let mut opt = |s: Option<Span>, bit: u32| match s {
+                Some(s) => {
+                    flags |= bit;
+                    [s.offset, s.len]
+                }
+                None => [0, 0],
+            };
+            let words = [
+                [self.id.offset, self.id.len],
+                [self.name.offset, self.name.len],
+                [self.sku.offset, self.sku.len],
+                [self.location.offset, self.location.len],
+                opt(self.key_identifier, HAS_KEY_IDENTIFIER),
+                opt(self.versioned_key_identifier, HAS_VERSIONED_KEY_IDENTIFIER),
+                opt(self.identity, HAS_IDENTITY),
+                opt(self.provisioning_state, HAS_PROVISIONING_STATE),
+                [self.tags.offset, self.tags.len],
+            ];
+            let at = self.last_rotation.unwrap_or(0) as u64;
+            if self.last_rotation.is_some() {
+                flags |= HAS_LAST_ROTATION;
+            }
+            if self.encryption_enabled {
+                flags |= ENCRYPTION_ENABLED;
+            }
+            if self.key_rotation_enabled {
+                flags |= KEY_ROTATION_ENABLED;
+            }
+            out.extend(words.into_iter().flatten());
+            out.extend([at as u32, (at >> 32) as u32, flags]);
+        }
+    }
 }
 
 /// The contract version this SDK binds to; report it from `metadata`.
@@ -109,6 +203,9 @@ pub struct Key<'a> {
 /// One container registry and its encryption settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Registry<'a> {
+    /// Its position in the input: how the decision names it (`ResourceRef::Registry`,
+    /// `RotateRegistryKey::registry`); [`DecisionBuilder`] reads it from the `Registry`.
+    pub index: u32,
     /// ARM resource id: the only way an action can name this registry.
     pub id: &'a str,
     pub name: &'a str,
@@ -132,7 +229,8 @@ pub struct Registry<'a> {
 #[derive(Clone, Copy)]
 pub struct Tags<'a> {
     strings: &'a str,
-    tags: &'a [raw::Tag],
+    /// The registry's tag rows ([`raw::TAG_WORDS`] each).
+    rows: &'a [u32],
 }
 
 impl std::fmt::Debug for Tags<'_> {
@@ -145,7 +243,8 @@ impl<'a> Tags<'a> {
     /// (name, value) pairs, in the order the host gave them.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let strings = self.strings;
-        self.tags.iter().map(move |t| (slice(strings, t.name).unwrap_or(""), slice(strings, t.value).unwrap_or("")))
+        let text = move |offset: u32, len: u32| slice(strings, raw::Span { offset, len }).unwrap_or("");
+        self.rows.chunks_exact(raw::TAG_WORDS).map(move |t| (text(t[0], t[1]), text(t[2], t[3])))
     }
 
     /// The value of a tag (names compare case-insensitively, as in Azure).
@@ -154,11 +253,11 @@ impl<'a> Tags<'a> {
     }
 
     pub fn len(&self) -> usize {
-        self.tags.len()
+        self.rows.len() / raw::TAG_WORDS
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tags.is_empty()
+        self.rows.is_empty()
     }
 }
 
@@ -209,14 +308,33 @@ impl<'a> Input<'a> {
             }),
             None => None,
         };
-        let mut registries = Vec::with_capacity(raw.registries.len());
-        for r in &raw.registries {
+        const ROW: usize = raw::RegistryRow::WORDS;
+        if !raw.registries.len().is_multiple_of(ROW) || !raw.tags.len().is_multiple_of(raw::TAG_WORDS) {
+            return Err(format!(
+                "input: {} registry words and {} tag words are not whole rows of {ROW} and {}",
+                raw.registries.len(),
+                raw.tags.len(),
+                raw::TAG_WORDS
+            ));
+        }
+        let mut registries = Vec::with_capacity(raw.registries.len() / ROW);
+        for (index, row) in raw.registries.chunks_exact(ROW).enumerate() {
+            let r = raw::RegistryRow::read(row.try_into().expect("chunks_exact yields whole rows"));
             let start = r.tags.offset as usize;
-            let tags =
-                start.checked_add(r.tags.len as usize).and_then(|end| raw.tags.get(start..end)).ok_or_else(|| {
-                    format!("input: tags {}+{} outside the {} tags", r.tags.offset, r.tags.len, raw.tags.len())
+            let rows = start
+                .checked_add(r.tags.len as usize)
+                .and_then(|end| raw.tags.get(start.checked_mul(raw::TAG_WORDS)?..end.checked_mul(raw::TAG_WORDS)?))
+                .ok_or_else(|| {
+                    format!(
+                        "input: tags {}+{} outside the {} tags",
+                        r.tags.offset,
+                        r.tags.len,
+                        raw.tags.len() / raw::TAG_WORDS
+                    )
                 })?;
             registries.push(Registry {
+                // The host's list has at most u32::MAX entries (its length is a u32).
+                index: index as u32,
                 id: text(r.id)?,
                 name: text(r.name)?,
                 sku: text(r.sku)?,
@@ -228,7 +346,7 @@ impl<'a> Input<'a> {
                 key_rotation_enabled: r.key_rotation_enabled,
                 last_rotation: r.last_rotation,
                 provisioning_state: opt(r.provisioning_state)?,
-                tags: Tags { strings, tags },
+                tags: Tags { strings, rows },
             });
         }
         Ok(Self {
@@ -274,6 +392,15 @@ pub fn severity_rank(s: Severity) -> u8 {
     s as u8
 }
 
+/// The parts joined into one string: one allocation and copies, none of `format!`'s
+/// machinery (which, per message, costs more than the copying in a policy; BENCHMARKS.md,
+/// "Policy"). For messages built from strings only.
+pub fn concat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|p| s.push_str(p));
+    s
+}
+
 /// Whole days from `now` until `t` (negative when `t` is past), rounded down.
 pub fn days_until(now: Timestamp, t: Timestamp) -> i64 {
     (t - now).div_euclid(DAY)
@@ -291,18 +418,34 @@ impl<'a> KeyRef<'a> {
     /// Parses a key id; `None` when it is not one. Surrounding whitespace and trailing
     /// slashes are ignored, `:443` after the host is dropped.
     pub fn parse(id: &'a str) -> Option<Self> {
-        // Plain byte searches: policies parse a key id per registry and evaluation, and
-        // the iterator-and-pattern version cost ≈ 170 ns a call (BENCHMARKS.md, "Policy").
+        // One pass over the bytes for the slashes: policies parse a key id per registry
+        // and evaluation; the iterator-and-pattern version cost ≈ 170 ns a call, `split_once`
+        // (a `memchr` per slash) still ≈ 140 ns in wasm (BENCHMARKS.md, "Policy").
         let rest = id.trim().strip_prefix("https://")?.trim_end_matches('/');
-        let (mut host, rest) = rest.split_once('/')?;
-        let (keys, rest) = rest.split_once('/')?;
+        let mut slashes = [0usize; 3];
+        let mut found = 0;
+        for (i, b) in rest.bytes().enumerate() {
+            if b == b'/' {
+                if found == slashes.len() {
+                    return None;
+                }
+                slashes[found] = i;
+                found += 1;
+            }
+        }
+        if found < 2 {
+            return None;
+        }
+        // '/' is ASCII: every cut is on a character boundary.
+        let mut host = &rest[..slashes[0]];
+        let keys = &rest[slashes[0] + 1..slashes[1]];
         if host.is_empty() || !keys.eq_ignore_ascii_case("keys") {
             return None;
         }
-        let (name, version) = match rest.split_once('/') {
-            Some((_, v)) if v.contains('/') => return None,
-            Some((n, v)) => (n, Some(v)),
-            None => (rest, None),
+        let (name, version) = if found == 3 {
+            (&rest[slashes[1] + 1..slashes[2]], Some(&rest[slashes[2] + 1..]))
+        } else {
+            (&rest[slashes[1] + 1..], None)
         };
         if name.is_empty() {
             return None;
@@ -320,9 +463,9 @@ impl<'a> KeyRef<'a> {
 }
 
 /// `a.eq_ignore_ascii_case(b)`, eight bytes at a time while they are equal as they are.
-/// In a policy `eq_ignore_ascii_case` compares byte by byte, and resource ids are long
-/// and mostly alike (registry ids of one resource group differ in their last bytes):
-/// comparing them was 10 % of an evaluation's time (BENCHMARKS.md, "Policy").
+/// In a policy `eq_ignore_ascii_case` compares byte by byte, and ids are long and mostly
+/// alike: comparing registry ids this way was 10 % of an evaluation's time, before
+/// decisions named registries by index (BENCHMARKS.md, "Policy").
 pub fn eq_ignore_case(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
@@ -342,6 +485,18 @@ pub fn tag<'a>(registry: &Registry<'a>, name: &str) -> Option<&'a str> {
     registry.tags.get(name)
 }
 
+impl From<&Registry<'_>> for ResourceRef {
+    fn from(r: &Registry<'_>) -> Self {
+        ResourceRef::Registry(r.index)
+    }
+}
+
+impl From<&Key<'_>> for ResourceRef {
+    fn from(_: &Key<'_>) -> Self {
+        ResourceRef::Key
+    }
+}
+
 /// Builds a decision; repeated identical actions are kept once.
 #[derive(Default)]
 pub struct DecisionBuilder {
@@ -354,17 +509,19 @@ impl DecisionBuilder {
         Self::default()
     }
 
+    /// A finding about `resource`: a `&Registry`, the `&Key` (or [`ResourceRef::Key`]), or
+    /// [`ResourceRef::Vault`] (the key's vault).
     pub fn finding(
         &mut self,
         rule_id: &str,
         severity: Severity,
-        resource: &str,
+        resource: impl Into<ResourceRef>,
         message: impl Into<String>,
     ) -> &mut Self {
         self.findings.push(Finding {
             rule_id: rule_id.to_owned(),
             severity,
-            resource: resource.to_owned(),
+            resource: resource.into(),
             message: message.into(),
         });
         self
@@ -378,21 +535,19 @@ impl DecisionBuilder {
     }
 
     /// Asks to rotate a registry's key; a second request for the same registry is dropped.
-    pub fn rotate_registry(&mut self, registry: &str, target: RotateTarget) -> &mut Self {
-        let dup = self
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::RotateRegistryKey(r) if eq_ignore_case(&r.registry, registry)));
+    pub fn rotate_registry(&mut self, registry: &Registry<'_>, target: RotateTarget) -> &mut Self {
+        let index = registry.index;
+        let dup = self.actions.iter().any(|a| matches!(a, Action::RotateRegistryKey(r) if r.registry == index));
         if !dup {
-            self.actions.push(Action::RotateRegistryKey(RotateRegistryKey { registry: registry.to_owned(), target }));
+            self.actions.push(Action::RotateRegistryKey(RotateRegistryKey { registry: index, target }));
         }
         self
     }
 
-    pub fn rotate_vault_key(&mut self, key: &str) -> &mut Self {
-        let dup = self.actions.iter().any(|a| matches!(a, Action::RotateVaultKey(k) if k.key == key));
-        if !dup {
-            self.actions.push(Action::RotateVaultKey(RotateVaultKey { key: key.to_owned() }));
+    /// Asks for a new version of the input's key (once).
+    pub fn rotate_vault_key(&mut self) -> &mut Self {
+        if !self.actions.iter().any(|a| matches!(a, Action::RotateVaultKey)) {
+            self.actions.push(Action::RotateVaultKey);
         }
         self
     }
@@ -589,7 +744,7 @@ mod tests {
             event: raw::EventInfo { kind: EventKind::Sweep, id: span(0, 5), time: 1, subject: span(5, 4) },
             now: 2,
             key: None,
-            registries: vec![raw::RegistryFacts {
+            registries: rows(&[raw::RegistryRow {
                 id: span(9, 3),
                 name: span(12, 3),
                 sku: span(0, 0),
@@ -602,19 +757,130 @@ mod tests {
                 last_rotation: None,
                 provisioning_state: None,
                 tags: span(0, 1),
-            }],
-            tags: vec![raw::Tag { name: span(17, 5), value: span(22, 4) }],
+            }]),
+            tags: vec![17, 5, 22, 4],
             settings: span(15, 2),
         };
         let input = Input::new(&raw).unwrap();
         assert_eq!((input.event.id, input.event.subject, input.settings), ("evt-1", "subj", "{}"));
         let r = &input.registries[0];
-        assert_eq!((r.id, r.name, r.tags.get("OWNER")), ("reg", "acr", Some("team")));
-        raw.registries[0].tags = span(1, 1);
+        assert_eq!((r.index, r.id, r.name, r.tags.get("OWNER")), (0, "reg", "acr", Some("team")));
+        raw.registries[16] = 1;
         assert!(Input::new(&raw).unwrap_err().contains("tags 1+1"));
-        raw.registries[0].tags = span(0, 1);
+        raw.registries[16] = 0;
+        raw.registries.push(0);
+        assert!(Input::new(&raw).unwrap_err().contains("22 registry words"));
+        raw.registries.pop();
         raw.settings = span(20, 10);
         assert!(Input::new(&raw).unwrap_err().contains("span 20+10"));
+    }
+
+    fn rows(registries: &[raw::RegistryRow]) -> Vec<u32> {
+        let mut words = Vec::new();
+        registries.iter().for_each(|r| r.write(&mut words));
+        words
+    }
+
+    #[test]
+    fn registry_rows_follow_the_documented_layout() {
+        let span = |offset, len| raw::Span { offset, len };
+        let row = raw::RegistryRow {
+            id: span(1, 2),
+            name: span(3, 4),
+            sku: span(5, 6),
+            location: span(7, 8),
+            encryption_enabled: true,
+            key_identifier: None,
+            versioned_key_identifier: Some(span(11, 12)),
+            identity: None,
+            key_rotation_enabled: false,
+            last_rotation: Some(-2),
+            provisioning_state: Some(span(15, 16)),
+            tags: span(17, 18),
+        };
+        let words = rows(&[row]);
+        // wit/v2/policy.wit, `policy-input.registries`.
+        assert_eq!(
+            words,
+            [
+                1,
+                2,
+                3,
+                4,
+                5,
+                6,
+                7,
+                8,
+                0,
+                0,
+                11,
+                12,
+                0,
+                0,
+                15,
+                16,
+                17,
+                18,
+                u32::MAX - 1,
+                u32::MAX,
+                1 | 1 << 3 | 1 << 5 | 1 << 6
+            ]
+        );
+        let back = raw::RegistryRow::read(words[..].try_into().unwrap());
+        assert_eq!(format!("{back:?}"), format!("{row:?}"));
+    }
+
+    #[test]
+    fn decisions_name_registries_by_index_and_keep_actions_unique() {
+        let span = raw::Span { offset: 0, len: 0 };
+        let facts = raw::RegistryRow {
+            id: span,
+            name: span,
+            sku: span,
+            location: span,
+            encryption_enabled: true,
+            key_identifier: None,
+            versioned_key_identifier: None,
+            identity: None,
+            key_rotation_enabled: false,
+            last_rotation: None,
+            provisioning_state: None,
+            tags: span,
+        };
+        let raw = raw::PolicyInput {
+            strings: String::new(),
+            event: raw::EventInfo { kind: EventKind::Sweep, id: span, time: 0, subject: span },
+            now: 0,
+            key: None,
+            registries: rows(&[facts; 3]),
+            tags: vec![],
+            settings: span,
+        };
+        let input = Input::new(&raw).unwrap();
+        assert_eq!(input.registries.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 1, 2]);
+        let mut d = DecisionBuilder::new();
+        d.finding("X1", Severity::Low, &input.registries[2], "m")
+            .finding("X2", Severity::Low, ResourceRef::Vault, "m")
+            .rotate_registry(&input.registries[2], RotateTarget::Versionless)
+            .rotate_registry(&input.registries[1], RotateTarget::Versionless)
+            .rotate_registry(&input.registries[2], RotateTarget::LatestVersion)
+            .rotate_vault_key()
+            .rotate_vault_key();
+        let d = d.build();
+        assert!(matches!(
+            d.findings.iter().map(|f| f.resource).collect::<Vec<_>>()[..],
+            [ResourceRef::Registry(2), ResourceRef::Vault]
+        ));
+        let rotated: Vec<u32> = d
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RotateRegistryKey(r) => Some(r.registry),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rotated, [2, 1]);
+        assert_eq!(d.actions.iter().filter(|a| matches!(a, Action::RotateVaultKey)).count(), 1);
     }
 
     /// The parser as it was before it was rewritten for speed: the reference.
@@ -689,7 +955,7 @@ mod tests {
                 event: raw::EventInfo { kind: EventKind::Sweep, id: span(0), time: 0, subject: span(1) },
                 now: 0,
                 key: None,
-                registries: vec![raw::RegistryFacts {
+                registries: rows(&[raw::RegistryRow {
                     id: span(2),
                     name: span(3),
                     sku: span(4),
@@ -702,7 +968,7 @@ mod tests {
                     last_rotation: None,
                     provisioning_state: None,
                     tags: raw::Span { offset: 0, len: 0 },
-                }],
+                }]),
                 tags: vec![],
                 settings: span(0),
             };

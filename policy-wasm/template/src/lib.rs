@@ -28,7 +28,7 @@ impl Policy for Template {
             d.finding(
                 "TPL001",
                 Severity::High,
-                r.id,
+                r,
                 format!("registry {} is not encrypted with a customer-managed key", r.name),
             );
         }
