@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::bench_load::{self, LoadSpec, Shape, Template};
+use crate::cargo::cargo;
 
 /// Rows `--only` accepts.
 pub const ROWS: &[&str] = &["policy", "http-functions", "http-direct", "cold-start", "sweep"];
@@ -238,10 +239,6 @@ fn render_text(rows: &[Row]) -> String {
         }
     }
     s
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
 fn build(root: &Path) -> anyhow::Result<()> {

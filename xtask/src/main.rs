@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_load;
+mod cargo;
 mod elf;
 mod package;
 mod verify;

@@ -173,8 +173,7 @@ fn release_binary(root: &Path, target: Option<&str>, out: &Path) -> Result<PathB
     let uplifted = dir.join(BINARY_NAME);
     let had_default = uplifted.is_file();
     let build = |production: bool| -> Result<()> {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
+        let mut cmd = crate::cargo::cargo();
         cmd.current_dir(root).args([
             "build",
             "--release",
