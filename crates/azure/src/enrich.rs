@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use cmkguard_model::facts::EventInfo;
-use cmkguard_model::{Event, EventKind, KeyFacts, KeyId, PolicyInput, RegistryFacts, ResourceId, VaultFacts};
+use cmkguard_model::{Event, EventKind, KeyFacts, KeyId, PolicyInput, RegistryFacts, ResourceId, Shared, VaultFacts};
 
 use crate::error::AzureError;
 use crate::facts::{rsa_bits, unix};
@@ -34,7 +34,8 @@ pub struct Enricher {
     budget: Duration,
     settings: String,
     cache_ttl: Duration,
-    keys: Mutex<HashMap<String, (Instant, KeyFacts)>>,
+    /// Shared, so a sweep hands each registry's input the cached facts, not a copy.
+    keys: Mutex<HashMap<String, (Instant, Shared<KeyFacts>)>>,
     vaults: Mutex<HashMap<String, (Instant, VaultFacts)>>,
 }
 
@@ -84,13 +85,24 @@ impl Enricher {
             EventKind::RegistryWritten(w) => self.registry_and_key(&w.registry, false, &budget).await?,
             EventKind::Sweep { registry } => self.registry_and_key(registry, true, &budget).await?,
         };
-        Ok(PolicyInput {
+        Ok(self.input(event, now, key, registries))
+    }
+
+    /// The policy input for `event` from the facts gathered for it.
+    fn input(
+        &self,
+        event: &Event,
+        now: DateTime<Utc>,
+        key: Option<Shared<KeyFacts>>,
+        registries: Vec<RegistryFacts>,
+    ) -> PolicyInput {
+        PolicyInput {
             event: EventInfo::from(event),
             now,
-            key: key.map(Into::into),
+            key,
             registries: registries.into(),
             settings: self.settings.clone(),
-        })
+        }
     }
 
     async fn registry_and_key(
@@ -98,7 +110,7 @@ impl Enricher {
         id: &ResourceId,
         cached: bool,
         budget: &Budget,
-    ) -> Result<(Option<KeyFacts>, Vec<RegistryFacts>), AzureError> {
+    ) -> Result<(Option<Shared<KeyFacts>>, Vec<RegistryFacts>), AzureError> {
         let registry = self.clients.arm.get_registry(id, budget).await?.facts;
         self.key_of(registry, cached, budget).await
     }
@@ -113,13 +125,7 @@ impl Enricher {
     ) -> Result<PolicyInput, AzureError> {
         let budget = Budget::new(self.budget);
         let (key, registries) = self.key_of(registry, true, &budget).await?;
-        Ok(PolicyInput {
-            event: EventInfo::from(event),
-            now,
-            key: key.map(Into::into),
-            registries: registries.into(),
-            settings: self.settings.clone(),
-        })
+        Ok(self.input(event, now, key, registries))
     }
 
     /// Fetches every distinct key the registries use into the cache, at most
@@ -151,7 +157,7 @@ impl Enricher {
         registry: RegistryFacts,
         cached: bool,
         budget: &Budget,
-    ) -> Result<(Option<KeyFacts>, Vec<RegistryFacts>), AzureError> {
+    ) -> Result<(Option<Shared<KeyFacts>>, Vec<RegistryFacts>), AzureError> {
         let key_id = registry_key(&registry).unwrap_or_else(|e| {
             tracing::warn!(registry = %registry.id, error = %e, "registry's key identifier does not parse; no key facts");
             None
@@ -179,7 +185,7 @@ impl Enricher {
         vault_id: Option<&ResourceId>,
         cached: bool,
         budget: &Budget,
-    ) -> Result<KeyFacts, AzureError> {
+    ) -> Result<Shared<KeyFacts>, AzureError> {
         let cache_key = key.versionless().to_string().to_ascii_lowercase();
         if cached
             && let Some((at, f)) = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key)
@@ -199,7 +205,7 @@ impl Enricher {
         let vault = vault?;
         let kid = KeyId::parse(&bundle.key.kid).map_err(|e| AzureError::decode("keyvault.get_key", e.to_string()))?;
         let is_rsa = bundle.key.kty.to_ascii_uppercase().starts_with("RSA");
-        let facts = KeyFacts {
+        let facts = Shared::new(KeyFacts {
             key_id: bundle.key.kid.clone(),
             vault_uri: key.vault_uri(),
             name: kid.name().to_owned(),
@@ -213,7 +219,7 @@ impl Enricher {
             created: unix(bundle.attributes.created),
             has_rotation_policy: policy.is_some_and(|p| p.rotates()),
             vault,
-        };
+        });
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, (Instant::now(), facts.clone()));
         Ok(facts)
     }
