@@ -109,7 +109,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             Err(e) => rows.push(Row::failed("policy decision", "p50 ≤ 15 µs, p99 ≤ 60 µs", &e)),
         }
     }
-    let mut peak_rss: Vec<(String, u64)> = Vec::new();
+    let mut peak_rss: Vec<(String, u64, MemPeak)> = Vec::new();
     for (row, shape, conns) in [
         ("http-functions", Shape::Functions, opts.functions_connections),
         ("http-direct", Shape::Direct(opts.batch), opts.direct_connections),
@@ -119,16 +119,19 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
         eprintln!("== HTTP throughput: {} ({conns} connections)", shape.label());
         match throughput(&root, &bin, &work, shape, conns, opts) {
-            Ok((r, rss)) => {
+            Ok((r, (rss, mem))) => {
                 rows.push(r);
-                peak_rss.push((shape.label(), rss));
+                peak_rss.push((shape.label(), rss, mem));
             }
             Err(e) => rows.push(Row::failed(&format!("throughput: {}", shape.label()), "≥ 20,000 events/s", &e)),
         }
     }
-    if let Some((label, rss)) = peak_rss.iter().max_by_key(|(_, r)| *r) {
+    if let Some((label, rss, _)) = peak_rss.iter().max_by_key(|(_, r, _)| *r) {
         let mb = *rss as f64 / 1024.0;
-        let all = peak_rss.iter().map(|(l, r)| format!("{l}: {:.1} MB", *r as f64 / 1024.0)).collect::<Vec<_>>();
+        let all = peak_rss
+            .iter()
+            .map(|(l, r, m)| format!("{l}: {:.1} MB ({})", *r as f64 / 1024.0, m.describe()))
+            .collect::<Vec<_>>();
         rows.push(Row::new(
             "peak RSS under the throughput load (VmHWM)",
             "≤ 40 MB",
@@ -337,6 +340,72 @@ fn vm_hwm_kb(pid: u32) -> anyhow::Result<u64> {
     line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).context("VmHWM value")
 }
 
+/// What the server's resident memory was made of at its largest, sampled every 50 ms
+/// while the load ran: anonymous memory (heap, stacks, the sandboxes' linear memories) and
+/// file-backed pages (mostly the binary's code, whose mapped share depends on the page
+/// cache: a binary just written by the linker may map more of it), each at its own peak,
+/// and the most threads seen. VmHWM alone cannot tell those apart.
+#[derive(Debug, Default, Clone, Copy)]
+struct MemPeak {
+    anon_kb: u64,
+    file_kb: u64,
+    threads: u64,
+}
+
+impl MemPeak {
+    fn sample(&mut self, pid: u32) -> bool {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+        for line in status.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(key), Some(v)) = (f.next(), f.next().and_then(|v| v.parse::<u64>().ok())) else { continue };
+            match key {
+                "RssAnon:" => self.anon_kb = self.anon_kb.max(v),
+                "RssFile:" => self.file_kb = self.file_kb.max(v),
+                "Threads:" => self.threads = self.threads.max(v),
+                _ => {}
+            }
+        }
+        true
+    }
+
+    /// Samples `pid` on a thread until the returned guard is finished.
+    fn watch(pid: u32) -> MemWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = MemPeak::default();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && peak.sample(pid) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        MemWatch { stop, handle }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "peaks: anonymous {:.1} MB, file-backed (code) {:.1} MB, {} threads",
+            self.anon_kb as f64 / 1024.0,
+            self.file_kb as f64 / 1024.0,
+            self.threads
+        )
+    }
+}
+
+struct MemWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<MemPeak>,
+}
+
+impl MemWatch {
+    fn finish(self, pid: u32) -> MemPeak {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut peak = self.handle.join().unwrap_or_default();
+        peak.sample(pid);
+        peak
+    }
+}
+
 /// The process's CPU time so far (user + system), from `/proc/PID/stat`.
 fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -367,7 +436,7 @@ fn throughput(
     shape: Shape,
     connections: u16,
     opts: &Options,
-) -> anyhow::Result<(Row, u64)> {
+) -> anyhow::Result<(Row, (u64, MemPeak))> {
     let tag = match shape {
         Shape::Functions => "functions".to_owned(),
         Shape::Direct(n) => format!("direct{n}"),
@@ -388,6 +457,7 @@ fn throughput(
     let mut results = Vec::new();
     // The server's CPU per event over all runs (their warm-ups included, on both sides).
     let (cpu0, events0) = (cpu_time(server.0.id())?, events_handled(addr)?);
+    let watch = MemPeak::watch(server.0.id());
     for run in 0..runs {
         let spec = LoadSpec { addr, shape, connections, warmup, duration, run: run + 1 };
         let r = bench_load::run(&spec, &template)?;
@@ -400,6 +470,7 @@ fn throughput(
     }
     let (cpu1, events1) = (cpu_time(server.0.id())?, events_handled(addr)?);
     let cpu_per_event = (cpu1 - cpu0).as_secs_f64() * 1e6 / (events1 - events0).max(1) as f64;
+    let mem = watch.finish(server.0.id());
     let rss = vm_hwm_kb(server.0.id())?;
     drop(server);
     let m = median(&mut eps);
@@ -429,7 +500,7 @@ fn throughput(
             Some(m >= 20_000.0),
             note,
         ),
-        rss,
+        (rss, mem),
     ))
 }
 
